@@ -1,0 +1,54 @@
+"""Typed errors. The CLI turns each into one line and an exit code; library users can catch them."""
+
+from __future__ import annotations
+
+
+class SelfInstructError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(SelfInstructError):
+    """A bad option or configuration value."""
+
+    exit_code = 2
+
+
+class SeedFileError(SelfInstructError):
+    """A seed-task file that cannot be used; the message names file, line and field."""
+
+    exit_code = 2
+
+
+class DataFileError(SelfInstructError):
+    """A pipeline file (JSONL) that is malformed beyond a torn last line."""
+
+    exit_code = 2
+
+
+class ModelError(SelfInstructError):
+    """A model call failed in a way retrying cannot fix (bad key, unknown model, bad request)."""
+
+    exit_code = 3
+
+
+class TransientModelError(SelfInstructError):
+    """A model call failed in a way that retrying may fix (timeout, 429, 5xx, malformed answer)."""
+
+    def __init__(self, message: str, *, reason: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class BudgetExhausted(SelfInstructError):
+    """A --max-requests or --max-tokens-total budget was reached; the run stopped cleanly."""
+
+    exit_code = 4
+
+
+class MissingExtraError(SelfInstructError):
+    """An optional dependency group is not installed; the message says what to install."""
+
+    exit_code = 2

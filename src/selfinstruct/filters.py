@@ -1,0 +1,78 @@
+"""The instruction filters of the paper's bootstrap step, each a small named predicate.
+
+A filter returns the reason a candidate is dropped, or None to keep it; the reasons are the
+counters shown in progress bars and summaries, so that no candidate disappears unexplained.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable
+
+MIN_WORDS_EXCLUSIVE = 3  # kept only with more than 3 words
+MAX_WORDS = 150
+BANNED_WORDS = (
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
+)
+# The model tends to prefix existing tasks with "Write a program", flooding the pool with them.
+BANNED_PREFIX = "Write a program"
+
+_BANNED_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in BANNED_WORDS) + r")\b", re.I)
+
+Filter = Callable[[str], str | None]
+
+
+def too_short(instruction: str) -> str | None:
+    return "too_short" if len(instruction.split()) <= MIN_WORDS_EXCLUSIVE else None
+
+
+def too_long(instruction: str) -> str | None:
+    return "too_long" if len(instruction.split()) > MAX_WORDS else None
+
+
+def banned_word(instruction: str) -> str | None:
+    return "banned_word" if _BANNED_RE.search(instruction) else None
+
+
+def write_a_program(instruction: str) -> str | None:
+    return "write_a_program" if instruction.startswith(BANNED_PREFIX) else None
+
+
+def leading_punctuation(instruction: str) -> str | None:
+    return "leading_punctuation" if instruction[0] in string.punctuation else None
+
+
+def non_ascii_start(instruction: str) -> str | None:
+    return "non_ascii_start" if not instruction[0].isascii() else None
+
+
+INSTRUCTION_FILTERS: tuple[Filter, ...] = (
+    too_short,
+    too_long,
+    banned_word,
+    write_a_program,
+    leading_punctuation,
+    non_ascii_start,
+)
+
+
+def rejection_reason(instruction: str) -> str | None:
+    """The first filter that drops this (already normalised, non-empty) instruction."""
+    for check in INSTRUCTION_FILTERS:
+        reason = check(instruction)
+        if reason is not None:
+            return reason
+    return None

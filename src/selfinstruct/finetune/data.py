@@ -1,0 +1,297 @@
+"""Read every fine-tuning format the project writes (and the original release's) into one list.
+
+Formats, detected per record so that a file may even mix them:
+
+* ``all_generated_instances.jsonl`` and any JSONL of ``{"instruction", "input", "output"}``;
+* ``alpaca_data.json``: a JSON list of the same objects;
+* ``openai_chat_finetuning_data.jsonl``: ``{"messages": [system?, user, assistant]}``;
+* ``gpt3_finetuning_data_*.jsonl`` (ours and the release's): ``{"prompt", "completion"}``
+  encoded with one of the paper's templates, completion ending in ``<|endoftext|>``;
+* the task format of ``seed_tasks.jsonl`` and ``user_oriented_instructions.jsonl``:
+  ``{"id", "instruction", "instances": [{"input", "output"}, ...]}`` (one example an instance).
+
+Every reader yields the same `Example`: the instruction and input where the text lets us
+recover them, else the raw prompt. The user turn a model is trained on is `Example.user`: the
+instruction, then a blank line and the input when there is one (the chat file's own rendering),
+so an example trains the same whichever file it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfinstruct.errors import DataFileError
+from selfinstruct.io import iter_jsonl
+
+END_OF_TEXT = "<|endoftext|>"
+
+Warn = Callable[[str], None]
+
+
+def render_user(instruction: str, input: str = "") -> str:
+    """The user turn of an instruction and its input: the chat file's rendering."""
+    instruction, input = instruction.strip(), input.strip()
+    return f"{instruction}\n\n{input}" if input else instruction
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation example.
+
+    `instruction`/`input` are set when recoverable; otherwise `prompt` holds the whole user
+    turn. `system` is a chat file's system message, if any. `id` names the example in
+    prediction files and never takes part in equality.
+    """
+
+    output: str
+    instruction: str | None = None
+    input: str = ""
+    prompt: str | None = None
+    system: str | None = None
+    id: str | None = field(default=None, compare=False)
+
+    @property
+    def user(self) -> str:
+        if self.instruction is None:
+            return self.prompt or ""
+        return render_user(self.instruction, self.input)
+
+    def to_dict(self) -> dict[str, str]:
+        """The instances format when the instruction is known, else prompt/response."""
+        if self.instruction is None:
+            out = {"prompt": self.prompt or "", "response": self.output}
+        else:
+            out = {"instruction": self.instruction, "input": self.input, "output": self.output}
+        if self.system is not None:
+            out["system"] = self.system
+        return out
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        messages.append({"role": "user", "content": self.user})
+        messages.append({"role": "assistant", "content": self.output})
+        return messages
+
+
+# --- GPT-3 prompt/completion ----------------------------------------------------------------
+#
+# The paper's templates (see steps/prepare.py). With an input:
+#   "{i}\nInput: {x}\nOutput:"  "{i}\n\nInput: {x}\n\nOutput:"  "Task: {i}\nInput: {x}\nOutput:"
+#   "{i}\n\n{x}\n\nOutput:"  "{i}\n\n{x}\n\n"  "{i}\n{x}\n\n"  "Task: {i}\n\n{x}\n\n"
+# Without: "{i} Output:"  "{i}\nOutput:"  "{i}\n\nOutput:"  "{i}\n"  "{i}\n\n"  "Task: {i}\n\n"
+# Some pairs cannot be told apart by their shape alone ("{i}\n\n{x}\n\n" and "{i}\n\n"); the
+# rule that settles them: an instruction is one line (the pipeline folds each onto one), so
+# the first blank line, or for prompts ending in a blank line the first line break, ends it.
+
+_MARKED_INPUT = (
+    re.compile(r"(?s)\ATask: (?P<i>.*?)\nInput: (?P<x>.*)\nOutput:\Z"),
+    re.compile(r"(?s)\A(?P<i>.*?)\n\nInput: (?P<x>.*)\n\nOutput:\Z"),
+    re.compile(r"(?s)\A(?P<i>.*?)\nInput: (?P<x>.*)\nOutput:\Z"),
+)
+
+
+def split_gpt3_prompt(prompt: str) -> tuple[str, str] | None:
+    """(instruction, input) of a prompt made with one of the paper's templates, else None."""
+    for pattern in _MARKED_INPUT:
+        m = pattern.match(prompt)
+        if m:
+            return m.group("i").strip(), m.group("x").strip()
+    body: str
+    if prompt.endswith(" Output:") and not prompt.endswith("\nOutput:"):
+        return prompt[: -len(" Output:")].strip(), ""
+    if prompt.endswith("\n\nOutput:"):
+        body = prompt[: -len("\n\nOutput:")]
+        head, sep, tail = body.partition("\n\n")
+        return (head.strip(), tail.strip()) if sep else (body.strip(), "")
+    if prompt.endswith("\nOutput:"):
+        return prompt[: -len("\nOutput:")].strip(), ""
+    if prompt.endswith("\n\n"):
+        body = prompt[:-2]
+        if body.startswith("Task: "):
+            body = body[len("Task: ") :]
+        # "{i}\n\n{x}\n\n" or "{i}\n{x}\n\n": either way the first line break ends {i}
+        head, sep, tail = body.partition("\n")
+        return (head.strip(), tail.strip()) if sep else (body.strip(), "")
+    if prompt.endswith("\n"):
+        return prompt[:-1].strip(), ""
+    return None
+
+
+def strip_completion(completion: str) -> str:
+    text = completion
+    if text.endswith(END_OF_TEXT):
+        text = text[: -len(END_OF_TEXT)]
+    return text.strip()
+
+
+# --- one record -----------------------------------------------------------------------------
+
+
+def _text(record: dict[str, Any], key: str, where: str) -> str:
+    value = record.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataFileError(f"{where}: field {key!r} must be a string")
+    return value
+
+
+def examples_from_record(record: dict[str, Any], where: str) -> list[Example]:
+    """The examples of one record in any supported format; DataFileError names the line."""
+    rid = record.get("id")
+    rid = None if rid is None else str(rid)
+    if "messages" in record:
+        return [_from_chat(record["messages"], where, rid)]
+    if "instances" in record and "instruction" in record:
+        instruction = _text(record, "instruction", where).strip()
+        instances = record["instances"]
+        if not isinstance(instances, list):
+            raise DataFileError(f"{where}: 'instances' must be a list")
+        out = []
+        for k, inst in enumerate(instances):
+            if not isinstance(inst, dict):
+                raise DataFileError(f"{where}: instance {k} must be an object")
+            iid = rid if len(instances) == 1 else f"{rid}#{k}" if rid else None
+            out.append(
+                Example(
+                    output=_text(inst, "output", where).strip(),
+                    instruction=instruction,
+                    input=_text(inst, "input", where).strip(),
+                    id=iid,
+                )
+            )
+        return out
+    if "instruction" in record and ("output" in record or "target" in record):
+        # the instances format, or the release's predictions format (target = the reference)
+        key = "output" if "output" in record else "target"
+        return [
+            Example(
+                output=_text(record, key, where).strip(),
+                instruction=_text(record, "instruction", where).strip(),
+                input=_text(record, "input", where).strip(),
+                id=rid,
+            )
+        ]
+    if "prompt" in record and "completion" in record:
+        prompt = _text(record, "prompt", where)
+        output = strip_completion(_text(record, "completion", where))
+        split = split_gpt3_prompt(prompt)
+        if split is None:
+            return [Example(output=output, prompt=prompt.strip(), id=rid)]
+        return [Example(output=output, instruction=split[0], input=split[1], id=rid)]
+    if "prompt" in record and "response" in record:
+        return [
+            Example(
+                output=_text(record, "response", where).strip(),
+                prompt=_text(record, "prompt", where).strip(),
+                id=rid,
+            )
+        ]
+    keys = ", ".join(sorted(record)) or "none"
+    raise DataFileError(
+        f"{where}: not a fine-tuning record (fields: {keys}); expected instruction/input/output,"
+        " prompt/completion, messages, or id/instruction/instances"
+    )
+
+
+def _from_chat(messages: Any, where: str, rid: str | None) -> Example:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DataFileError(f"{where}: 'messages' must be a list of objects")
+    roles = [m.get("role") for m in messages]
+    system = None
+    if roles[:1] == ["system"]:
+        system = str(messages[0].get("content") or "")
+        messages, roles = messages[1:], roles[1:]
+    if roles != ["user", "assistant"]:
+        raise DataFileError(
+            f"{where}: expected one user and one assistant message (after an optional system"
+            f" message), got roles {roles}; multi-turn conversations are not supported"
+        )
+    user = str(messages[0].get("content") or "")
+    output = str(messages[1].get("content") or "").strip()
+    # The chat file renders "instruction\n\ninput": the first blank line ends the instruction.
+    head, sep, tail = user.strip().partition("\n\n")
+    return Example(
+        output=output,
+        instruction=head.strip(),
+        input=tail.strip() if sep else "",
+        system=system,
+        id=rid,
+    )
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def iter_records(path: str | Path, *, warn: Warn | None = None) -> Iterator[tuple[dict, str]]:
+    """(record, "file:line") of a JSONL file or of a JSON list (Alpaca)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith(b"["):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataFileError(f"{path}: not valid JSON ({e})") from None
+        for k, record in enumerate(data):
+            if not isinstance(record, dict):
+                raise DataFileError(f"{path}: item {k} is not a JSON object")
+            yield record, f"{path}: item {k}"
+        return
+    for number, record in enumerate(iter_jsonl(path, warn=warn), start=1):
+        yield record, f"{path}:{number}"
+
+
+def read_examples(
+    path: str | Path, *, warn: Warn | None = None, skip_empty: bool = True
+) -> list[Example]:
+    """Every example of a file in any supported format, in file order.
+
+    Examples with an empty output (or an empty user turn) teach nothing; they are skipped and
+    counted in one warning when `skip_empty`.
+    """
+    out: list[Example] = []
+    empty = 0
+    for record, where in iter_records(path, warn=warn):
+        for example in examples_from_record(record, where):
+            if skip_empty and (not example.output or not example.user.strip()):
+                empty += 1
+                continue
+            out.append(example)
+    if empty and warn is not None:
+        warn(f"{path}: skipped {empty} example(s) with an empty instruction or output")
+    if not out:
+        raise DataFileError(f"{path}: no usable example")
+    return out
+
+
+def split_examples(
+    examples: list[Example], eval_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """A seeded shuffle, then (train, held-out); held-out gets round(n * fraction) examples."""
+    if not 0 <= eval_fraction < 1:
+        raise ValueError("eval_fraction must be in [0, 1)")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = round(len(examples) * eval_fraction)
+    if eval_fraction > 0 and len(examples) > 1:
+        n_eval = max(1, n_eval)
+    n_eval = min(n_eval, len(examples) - 1)
+    held = sorted(order[:n_eval])
+    train = sorted(order[n_eval:])
+    return [examples[i] for i in train], [examples[i] for i in held]
+
+
+def write_chat_jsonl(path: str | Path, examples: Iterable[Example]) -> int:
+    """The OpenAI chat fine-tuning format."""
+    from selfinstruct.io import write_jsonl_atomic
+
+    return write_jsonl_atomic(path, ({"messages": e.chat_messages()} for e in examples))

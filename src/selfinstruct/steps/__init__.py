@@ -1,0 +1,87 @@
+"""The method, one module per step. Each step reads the previous step's file from the run
+folder, appends its own records as they are accepted, and resumes where it stopped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfinstruct.engine import EngineSettings, EngineStats
+from selfinstruct.models.base import Model, Usage
+from selfinstruct.progress import Reporter
+
+
+@dataclass
+class StepContext:
+    """What every model-calling step needs, whatever backend or storage it runs on."""
+
+    model: Model
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
+
+
+@dataclass
+class StepReport:
+    """Counts of one step's run (this invocation), merged into run.json."""
+
+    step: str
+    counts: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    engine: EngineStats | None = None
+    outputs: list[str] = field(default_factory=list)
+    complete: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "counts": dict(self.counts),
+            "dropped": dict(self.dropped),
+            "usage": self.usage.to_dict(),
+            "outputs": list(self.outputs),
+            "complete": self.complete,
+        }
+        if self.engine is not None:
+            out["engine"] = self.engine.to_dict()
+        return out
+
+    def rows(self) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = [(k.replace("_", " "), v) for k, v in self.counts.items()]
+        rows += [
+            (f"dropped: {k.replace('_', ' ')}", v) for k, v in sorted(self.dropped.items()) if v
+        ]
+        if self.engine is not None:
+            e = self.engine
+            rows.append(("requests sent", e.requests))
+            for reason, n in sorted(e.retries.items()):
+                rows.append((f"retried: {reason}", n))
+            for reason, n in sorted(e.failures.items()):
+                rows.append((f"requests failed: {reason}", n))
+            if e.budget_stop:
+                rows.append(("stopped by budget", e.budget_stop))
+        if self.usage.requests:
+            rows.append(("tokens (prompt + completion)", f"{self.usage.total_tokens:,}"))
+        return rows
+
+
+def response_metadata(
+    model: Model, prompt: str, text: str, finish_reason: str, usage: dict[str, int]
+) -> dict[str, Any]:
+    """Per-response metadata in the original release's shape (prompt, response.choices, ...)."""
+    from datetime import datetime
+
+    info = model.info
+    return {
+        "prompt": prompt,
+        "response": {"choices": [{"text": text, "finish_reason": finish_reason}]},
+        "created_at": str(datetime.now()),
+        "model": f"{info.backend}:{info.name}",
+        "usage": usage,
+    }
+
+
+def finish_reason_of(metadata: dict[str, Any]) -> str | None:
+    """The finish reason stored by us or by the original scripts (response.choices[0])."""
+    try:
+        return metadata["response"]["choices"][0]["finish_reason"]
+    except (KeyError, IndexError, TypeError):
+        return None

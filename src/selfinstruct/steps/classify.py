@@ -1,0 +1,126 @@
+"""Step 2: ask the model, few-shot, whether each instruction is a classification task."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfinstruct.engine import Engine, Request, RequestFailed, run_sync
+from selfinstruct.errors import DataFileError
+from selfinstruct.io import JsonlAppender
+from selfinstruct.models.base import Completion, Sampling
+from selfinstruct.prompts import classification_prompt
+from selfinstruct.records import (
+    CLASSIFICATION_FILE_PATTERN,
+    INSTRUCTIONS_FILE,
+    ClassificationLabel,
+)
+from selfinstruct.steps import StepContext, StepReport
+from selfinstruct.steps.common import (
+    batched,
+    done_instructions,
+    engine_slug,
+    load_instruction_records,
+)
+from selfinstruct.steps.parsing import parse_yes_no
+
+TEMPLATE = "template_1"
+PAPER_SAMPLING = Sampling(
+    max_tokens=3,
+    temperature=0.0,
+    top_p=0.0,
+    frequency_penalty=0.0,
+    presence_penalty=0.0,
+    stop=("\n", "Task"),
+)
+
+
+@dataclass
+class ClassifySettings:
+    num_instructions: int | None = None  # only the first N instructions
+    request_batch_size: int = 5
+    input_file: str = INSTRUCTIONS_FILE
+    output_file: str | None = None  # default: is_clf_or_not_{engine}_template_1.jsonl
+    sampling: Sampling = field(default_factory=lambda: PAPER_SAMPLING)
+
+
+def classification_file_name(model_name: str) -> str:
+    return CLASSIFICATION_FILE_PATTERN.format(engine=engine_slug(model_name), template=TEMPLATE)
+
+
+def find_classification_file(batch_dir: Path, preferred: str | None = None) -> Path:
+    """The folder's is_clf_or_not_*.jsonl: the preferred name if present, else the only one."""
+    if preferred and (batch_dir / preferred).exists():
+        return batch_dir / preferred
+    found = sorted(batch_dir.glob("is_clf_or_not_*.jsonl"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DataFileError(
+            f"{batch_dir}: no is_clf_or_not_*.jsonl (run 'selfinstruct identify-clf' first)"
+        )
+    names = ", ".join(p.name for p in found)
+    raise DataFileError(
+        f"{batch_dir}: several classification files ({names}); choose one with"
+        " --classification-file"
+    )
+
+
+def identify_classification(
+    ctx: StepContext, batch_dir: str | Path, settings: ClassifySettings | None = None
+) -> StepReport:
+    s = settings or ClassifySettings()
+    batch_dir = Path(batch_dir)
+    out_path = batch_dir / (s.output_file or classification_file_name(ctx.model.info.name))
+    report = StepReport("classify", outputs=[str(out_path)])
+    records = load_instruction_records(
+        batch_dir / s.input_file, ctx.reporter, limit=s.num_instructions
+    )
+    done = done_instructions(out_path, ctx.reporter)
+    pending = [r["instruction"] for r in records if r["instruction"] not in done]
+    per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
+    answers: Counter[str] = Counter()
+
+    with (
+        JsonlAppender(out_path, warn=ctx.reporter.warn) as out,
+        ctx.reporter.bar("classify", len(records), completed=len(records) - len(pending)) as bar,
+    ):
+
+        def on_result(request: Request, completions: list[Completion]) -> None:
+            for instruction, completion in zip(request.key, completions, strict=True):
+                label = parse_yes_no(completion.text)
+                if label is None:
+                    # Kept, as the original did, and read as "not classification" later.
+                    answers["unparsed"] += 1
+                    label_text = completion.text.strip()
+                else:
+                    answers[label] += 1
+                    label_text = label
+                out.write(ClassificationLabel(instruction, label_text).to_dict())
+                bar.advance()
+            bar.note(answers)
+
+        def on_failure(request: Request, failure: RequestFailed) -> None:
+            answers[f"request_failed_{failure.reason}"] += len(request.key)
+
+        requests = (
+            Request([classification_prompt(i) for i in chunk], s.sampling, key=chunk)
+            for chunk in batched(pending, per_request)
+        )
+        engine = Engine(ctx.model, ctx.engine, usage=report.usage)
+        report.engine = engine.stats
+        run_sync(engine.run(requests, on_result, on_failure))
+
+    labelled = len(done_instructions(out_path, ctx.reporter))
+    report.counts = {
+        "instructions": len(records),
+        "labelled_in_file": labelled,
+        "labelled_now": answers["Yes"] + answers["No"] + answers["unparsed"],
+        "yes_now": answers["Yes"],
+        "no_now": answers["No"],
+        "unparsed_now": answers["unparsed"],
+    }
+    report.dropped = {k: v for k, v in answers.items() if k.startswith("request_failed")}
+    report.complete = labelled >= len(records)
+    return report

@@ -1,0 +1,149 @@
+"""Step 3: generate instances, output-first for classification tasks, input-first otherwise.
+
+The raw answer is stored as the original release did (`raw_instances`); the prepare step parses
+it, so a better parser can be applied later to old runs without calling the model again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfinstruct.engine import Engine, Request, RequestFailed, run_sync
+from selfinstruct.io import JsonlAppender, read_jsonl
+from selfinstruct.models.base import Completion, Sampling
+from selfinstruct.prompts import instance_prompt
+from selfinstruct.records import (
+    INSTANCES_FILE,
+    INSTRUCTIONS_FILE,
+    ClassificationLabel,
+    InstanceGeneration,
+)
+from selfinstruct.steps import StepContext, StepReport, response_metadata
+from selfinstruct.steps.classify import find_classification_file
+from selfinstruct.steps.common import batched, done_instructions, load_instruction_records
+
+# The classification template is longer, so the paper left it fewer tokens.
+CLASSIFICATION_MAX_TOKENS = 300
+GENERATION_MAX_TOKENS = 350
+
+
+def paper_sampling(max_tokens: int, max_instances: int) -> Sampling:
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=0.0,
+        top_p=0.0,
+        frequency_penalty=0.0,
+        presence_penalty=1.5,
+        stop=(f"Example {max_instances + 1}", "Task:"),
+    )
+
+
+@dataclass
+class InstanceSettings:
+    max_instances_to_generate: int = 5
+    num_instructions: int | None = None
+    request_batch_size: int = 5
+    generation_tasks_only: bool = False
+    classification_tasks_only: bool = False
+    input_file: str = INSTRUCTIONS_FILE
+    output_file: str = INSTANCES_FILE
+    classification_file: str | None = None
+
+
+def read_labels(path: Path, reporter) -> dict[str, bool]:  # type: ignore[no-untyped-def]
+    labels = {}
+    for record in read_jsonl(path, warn=reporter.warn):
+        if isinstance(record.get("instruction"), str):
+            label = ClassificationLabel(
+                record["instruction"], str(record.get("is_classification", ""))
+            )
+            labels[label.instruction] = label.as_bool
+    return labels
+
+
+def generate_instances(
+    ctx: StepContext, batch_dir: str | Path, settings: InstanceSettings | None = None
+) -> StepReport:
+    s = settings or InstanceSettings()
+    batch_dir = Path(batch_dir)
+    out_path = batch_dir / s.output_file
+    report = StepReport("instances", outputs=[str(out_path)])
+    records = load_instruction_records(
+        batch_dir / s.input_file, ctx.reporter, limit=s.num_instructions
+    )
+    clf_path = find_classification_file(batch_dir, s.classification_file)
+    labels = read_labels(clf_path, ctx.reporter)
+    unlabelled = [r for r in records if r["instruction"] not in labels]
+    records = [r for r in records if r["instruction"] in labels]
+    if s.classification_tasks_only:
+        records = [r for r in records if labels[r["instruction"]]]
+    if s.generation_tasks_only:
+        records = [r for r in records if not labels[r["instruction"]]]
+
+    done = done_instructions(out_path, ctx.reporter)
+    pending = [r for r in records if r["instruction"] not in done]
+    per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
+    counts: Counter[str] = Counter()
+
+    # Requests hold one kind of task each, so that each gets the paper's token limit.
+    requests = []
+    for is_clf in (True, False):
+        group = [r for r in pending if labels[r["instruction"]] == is_clf]
+        max_tokens = CLASSIFICATION_MAX_TOKENS if is_clf else GENERATION_MAX_TOKENS
+        sampling = paper_sampling(max_tokens, s.max_instances_to_generate)
+        for chunk in batched(group, per_request):
+            prompts = [instance_prompt(r["instruction"], is_classification=is_clf) for r in chunk]
+            requests.append(Request(prompts, sampling, key=chunk))
+
+    with (
+        JsonlAppender(out_path, warn=ctx.reporter.warn) as out,
+        ctx.reporter.bar("instances", len(records), completed=len(records) - len(pending)) as bar,
+    ):
+
+        def on_result(request: Request, completions: list[Completion]) -> None:
+            for record, prompt, completion in zip(
+                request.key, request.prompts, completions, strict=True
+            ):
+                usage = {
+                    "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                }
+                metadata = response_metadata(
+                    ctx.model, prompt, completion.text, completion.finish_reason, usage
+                )
+                generation = InstanceGeneration(
+                    instruction=record["instruction"],
+                    raw_instances=completion.text,
+                    instance_metadata=metadata,
+                    instruction_metadata=record.get("metadata") or {},
+                    most_similar=record.get("most_similar") or {},
+                    avg_similarity_score=float(record.get("avg_similarity_score") or 0.0),
+                )
+                out.write(generation.to_dict())
+                counts["generated_now"] += 1
+                if completion.finish_reason == "length":
+                    counts["cut_by_length_now"] += 1
+                bar.advance()
+
+        def on_failure(request: Request, failure: RequestFailed) -> None:
+            counts[f"request_failed_{failure.reason}"] += len(request.key)
+            bar.note({k: v for k, v in counts.items() if k.startswith("request_failed")})
+
+        engine = Engine(ctx.model, ctx.engine, usage=report.usage)
+        report.engine = engine.stats
+        run_sync(engine.run(requests, on_result, on_failure))
+
+    done_after = done_instructions(out_path, ctx.reporter)
+    in_file = len(done_after)
+    report.counts = {
+        "tasks": len(records),
+        "in_file": in_file,
+        "generated_now": counts["generated_now"],
+        "cut_by_length_now": counts["cut_by_length_now"],
+        "unlabelled_skipped": len(unlabelled),
+    }
+    report.dropped = {k: v for k, v in counts.items() if k.startswith("request_failed")}
+    report.complete = not unlabelled and all(r["instruction"] in done_after for r in records)
+    return report

@@ -1,0 +1,182 @@
+"""Step 1: bootstrap instructions from the seed tasks, as in the paper.
+
+Each prompt lists 8 instructions (2 sampled from the machine-generated pool, fewer while it is
+small, the rest from the seed tasks), shuffled and numbered, ending at "9." for the model to go
+on. Every candidate in an answer passes the filters, then must have ROUGE-L F1 at most 0.7 to
+every instruction already in the pool (seed and machine) at the moment it is accepted; the
+accepted one joins the pool at once, so two kept instructions never exceed the threshold, at any
+concurrency.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfinstruct.similarity import RougeLIndex
+
+from selfinstruct.engine import WAIT, Engine, Request, RequestFailed, run_sync
+from selfinstruct.errors import ConfigError, DataFileError
+from selfinstruct.filters import rejection_reason
+from selfinstruct.io import JsonlAppender, read_jsonl
+from selfinstruct.models.base import Completion, Sampling
+from selfinstruct.prompts import bootstrap_prompt
+from selfinstruct.records import INSTRUCTIONS_FILE, MachineInstruction, SeedTask
+from selfinstruct.steps import StepContext, StepReport, response_metadata
+from selfinstruct.steps.parsing import capitalize_first, split_numbered_list
+
+PAPER_SAMPLING = Sampling(
+    max_tokens=1024,
+    temperature=0.7,
+    top_p=0.5,
+    frequency_penalty=0.0,
+    presence_penalty=2.0,
+    stop=("\n\n", "\n16", "16.", "16 ."),
+)
+
+
+@dataclass
+class InstructionSettings:
+    num_instructions: int = 100
+    num_prompt_instructions: int = 8
+    num_machine_in_prompt: int = 2
+    request_batch_size: int = 5  # prompts per request, where the API takes a list
+    classification_only: bool = False  # prompt with classification seeds only
+    similarity_threshold: float = 0.7
+    lowercase_rest: bool = False  # reproduce str.capitalize() of the original script
+    seed: int = 42
+    sampling: Sampling = field(default_factory=lambda: PAPER_SAMPLING)
+
+
+def generate_instructions(
+    ctx: StepContext,
+    seeds: list[SeedTask],
+    out_dir: str | Path,
+    settings: InstructionSettings | None = None,
+) -> StepReport:
+    s = settings or InstructionSettings()
+    out_path = Path(out_dir) / INSTRUCTIONS_FILE
+    report = StepReport("instructions", outputs=[str(out_path)])
+    if s.classification_only:
+        seeds = [t for t in seeds if t.is_classification]
+    seed_instructions = [t.instruction for t in seeds]
+    n_seed_in_prompt = s.num_prompt_instructions - s.num_machine_in_prompt
+    if len(seed_instructions) < n_seed_in_prompt:
+        which = "classification seed tasks" if s.classification_only else "seed tasks"
+        raise ConfigError(
+            f"need at least {n_seed_in_prompt} {which} to build a prompt, got "
+            f"{len(seed_instructions)}"
+        )
+
+    existing = read_jsonl(out_path, repair=True, warn=ctx.reporter.warn)
+    machine: list[str] = []
+    request_idx = 0
+    for number, record in enumerate(existing, start=1):
+        if not isinstance(record.get("instruction"), str):
+            raise DataFileError(f"{out_path}:{number}: missing field 'instruction'")
+        machine.append(record["instruction"])
+        request_idx = max(request_idx, int(record.get("request_idx", -1)) + 1)
+    resumed = len(machine)
+
+    index = RougeLIndex(seed_instructions + machine)
+    # Seeded from the resume point, so that a resumed run is as reproducible as a fresh one.
+    rng = random.Random(f"{s.seed}:{resumed}:{request_idx}")
+    dropped: Counter[str] = Counter()
+    in_flight_prompts = 0
+    per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
+
+    def make_prompt() -> str:
+        chosen = rng.sample(machine, min(s.num_machine_in_prompt, len(machine)))
+        chosen += rng.sample(seed_instructions, s.num_prompt_instructions - len(chosen))
+        rng.shuffle(chosen)
+        return bootstrap_prompt(chosen, classification=s.classification_only)
+
+    def next_request() -> Request | None:
+        nonlocal request_idx, in_flight_prompts
+        still_needed = s.num_instructions - len(machine)
+        # Enough prompts in flight to finish (at least one candidate each is expected): wait.
+        if still_needed <= 0 or in_flight_prompts >= still_needed:
+            return None if still_needed <= 0 else WAIT
+        prompts = [make_prompt() for _ in range(per_request)]
+        in_flight_prompts += len(prompts)
+        request = Request(prompts, s.sampling, key=request_idx)
+        request_idx += 1
+        return request
+
+    with (
+        JsonlAppender(out_path, warn=ctx.reporter.warn) as out,
+        ctx.reporter.bar("instructions", s.num_instructions, completed=resumed) as bar,
+    ):
+
+        def on_result(request: Request, completions: list[Completion]) -> None:
+            nonlocal in_flight_prompts
+            in_flight_prompts -= len(request.prompts)
+            for prompt, completion in zip(request.prompts, completions, strict=True):
+                candidates = split_numbered_list(completion.text)
+                if completion.finish_reason == "length":
+                    # The paper drops the whole answer: its last item is cut, the rest suspect.
+                    dropped["cut_by_length"] += len(candidates) or 1
+                    continue
+                if not candidates:
+                    dropped["empty_answer"] += 1
+                usage = {
+                    "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                }
+                metadata = response_metadata(
+                    ctx.model, prompt, completion.text, completion.finish_reason, usage
+                )
+                for raw in candidates:
+                    if len(machine) >= s.num_instructions:
+                        dropped["surplus"] += 1
+                        continue
+                    candidate = capitalize_first(raw, lowercase_rest=s.lowercase_rest)
+                    reason = rejection_reason(candidate)
+                    if reason is None and index.exceeds(candidate, s.similarity_threshold):
+                        reason = "too_similar"
+                    if reason is not None:
+                        dropped[reason] += 1
+                        continue
+                    record = _accept(index, candidate, metadata, request.key)
+                    out.write(record.to_dict())
+                    index.add(candidate)
+                    machine.append(candidate)
+                    bar.advance()
+            bar.note(dropped)
+
+        def on_failure(request: Request, failure: RequestFailed) -> None:
+            nonlocal in_flight_prompts
+            in_flight_prompts -= len(request.prompts)
+            dropped[f"request_failed_{failure.reason}"] += len(request.prompts)
+
+        engine = Engine(ctx.model, ctx.engine, usage=report.usage, jitter_seed=s.seed)
+        report.engine = engine.stats
+        run_sync(engine.run(next_request, on_result, on_failure))
+
+    report.counts = {
+        "instructions_in_file": len(machine),
+        "accepted_now": len(machine) - resumed,
+        "resumed_from": resumed,
+        "requested": s.num_instructions,
+    }
+    report.dropped = dict(dropped)
+    report.complete = len(machine) >= s.num_instructions
+    return report
+
+
+def _accept(
+    index: RougeLIndex, candidate: str, metadata: dict, request_idx: int
+) -> MachineInstruction:
+    scores = index.scores(candidate)
+    top = index.top_k(candidate, 10)
+    n = len(scores)
+    average = float(sum(scores) / n) if n else 0.0
+    return MachineInstruction(
+        instruction=candidate,
+        most_similar={index.text(pos): float(score) for pos, score in top},
+        avg_similarity_score=average,
+        metadata=metadata,
+        request_idx=request_idx,
+    )

@@ -1,0 +1,105 @@
+"""Shared fixtures: a scripted model for parsing and filtering tests, the real embedded model,
+and a real llama.cpp OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PAPER_DATA = SHARED_DATA / "self-instruct"
+
+
+def paper_data(name: str) -> Path:
+    """A file of the original release beside the project, or skip the test."""
+    path = PAPER_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} absent: the original release's data lies beside the project only")
+    return path
+
+
+Answer = str | tuple[str, str]  # text, or (text, finish_reason)
+
+
+class ScriptedModel(Model):
+    """A model whose answers the test decides: a function of the prompt, or a queue."""
+
+    def __init__(self, answer: Callable[[str], Answer], *, max_batch: int = 1):
+        self._answer = answer
+        self.max_batch = max_batch
+        self.prompts: list[str] = []
+        self.samplings: list[Sampling] = []
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(backend="scripted", name="scripted", api="completions")
+
+    async def complete(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
+        out = []
+        for prompt in prompts:
+            self.prompts.append(prompt)
+            self.samplings.append(sampling)
+            answer = self._answer(prompt)
+            text, finish = (answer, "stop") if isinstance(answer, str) else answer
+            out.append(Completion(text, finish, len(prompt.split()), len(text.split())))
+        return out
+
+
+@pytest.fixture
+def scripted() -> type[ScriptedModel]:
+    return ScriptedModel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """`python -m llama_cpp.server` on the embedded model, on loopback; yields its /v1 URL."""
+    from selfinstruct.models.llamacpp import default_model_path
+
+    port = free_port()
+    log = open(ROOT / ".pytest_cache" / "llama_server.log", "w") if (ROOT / ".pytest_cache").is_dir() else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(default_model_path()),
+            "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", "4096", "--model_alias", "smollm2",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(url + "/models", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("llama_cpp.server did not start in 120 s") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

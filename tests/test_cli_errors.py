@@ -1,0 +1,74 @@
+"""Bad input gets one clear line naming the file, line or option, a non-zero exit, and no
+half-written output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import free_port
+
+
+def selfinstruct(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from selfinstruct.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_malformed_seed_file_stops_before_any_work(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(
+        '{"id": "a", "name": "a", "instruction": "Do a thing", "instances": '
+        '[{"input": "", "output": "x"}], "is_classification": false}\n'
+        '{"id": "b", "name": "b", "instruction": "Do another", "instances": [{"input": ""}],'
+        ' "is_classification": false}\n'
+    )
+    out = tmp_path / "run"
+    result = selfinstruct("run", "--out", str(out), "--seed-tasks", str(seeds))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"{seeds}:2: field 'instances[0].output'" in lines[0]
+    assert not out.exists()
+
+
+def test_seeds_validate_reports_every_problem(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Fine one here"}\nnot json\n{"instruction": ""}\n')
+    result = selfinstruct("seeds", "validate", str(seeds))
+    assert result.returncode == 1
+    assert f"{seeds}:2: not valid JSON" in result.stderr
+    assert f"{seeds}:3: field 'instruction'" in result.stderr
+
+
+def test_a_plain_list_of_instructions_is_a_valid_seed_file(tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("Write a limerick about tea\n\nExplain how tides work\n")
+    result = selfinstruct("seeds", "validate", str(seeds))
+    assert result.returncode == 0, result.stderr
+    assert "2 tasks" in result.stdout
+
+
+def test_bad_option_names_the_option(tmp_path):
+    result = selfinstruct("run", "--out", str(tmp_path / "r"), "--num-instructions", "zero")
+    assert result.returncode == 2
+    assert "--num-instructions" in result.stderr
+    result = selfinstruct("run", "--out", str(tmp_path / "r"), "--model", "nosuch:thing")
+    assert result.returncode == 2
+    assert "unknown backend 'nosuch'" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_server_is_one_clear_line(tmp_path):
+    port = free_port()  # nothing listens there
+    out = tmp_path / "r"
+    result = selfinstruct(
+        "run", "--out", str(out), "--model", "openai:any",
+        "--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "sk-secret-value-123",
+    )
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach http://127.0.0.1" in lines[0]
+    assert "sk-secret-value-123" not in result.stderr + result.stdout
+    assert not out.exists()

@@ -1,0 +1,276 @@
+"""Each step's prompt building, parsing and filtering, against a model whose answers we script."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from rouge_score import rouge_scorer
+
+from selfinstruct.engine import EngineSettings
+from selfinstruct.io import read_jsonl
+from selfinstruct.records import Instance, SeedTask
+from selfinstruct.steps import StepContext
+from selfinstruct.steps.classify import ClassifySettings, identify_classification
+from selfinstruct.steps.instances import InstanceSettings, generate_instances
+from selfinstruct.steps.instructions import InstructionSettings, generate_instructions
+from selfinstruct.steps.prepare import (
+    PrepareSettings,
+    clean_task_instances,
+    parse_classification_instances,
+    parse_generation_instances,
+    prepare_finetuning,
+)
+
+WORDS = (
+    "apple river stone cloud pencil garden violin rocket candle mirror ladder blanket "
+    "harbor tiger orbit canyon lantern meadow pillow saddle falcon glacier velvet thunder "
+    "compass anchor biscuit dolphin ember fossil gravel hammock igloo jigsaw kettle lemon"
+).split()
+
+
+def seeds(n: int = 12) -> list[SeedTask]:
+    return [
+        SeedTask(
+            id=f"seed_task_{i}",
+            name=f"seed_{i}",
+            instruction=f"Describe the {WORDS[i]} and the {WORDS[i + 1]} in one short paragraph.",
+            instances=(Instance("", f"An answer about {WORDS[i]}."),),
+            is_classification=i % 4 == 0,
+        )
+        for i in range(n)
+    ]
+
+
+def fresh_instructions():
+    """Distinct instructions: three rare words each, so ROUGE-L between them stays low."""
+    combos = itertools.combinations(WORDS, 3)
+    return (f"Compose a riddle mixing {a}, {b} and {c} for children" for a, b, c in combos)
+
+
+def ctx(model, **engine):
+    return StepContext(model=model, engine=EngineSettings(**engine))
+
+
+def test_step1_prompts_follow_the_paper(tmp_path, scripted):
+    source = fresh_instructions()
+    model = scripted(lambda p: f" {next(source)}\n10. {next(source)}")
+    generate_instructions(ctx(model), seeds(), tmp_path, InstructionSettings(num_instructions=6))
+    first, later = model.prompts[0], model.prompts[-1]
+    assert first.startswith("Come up with a series of tasks:\n1. ")
+    assert first.endswith("\n9.")
+    seed_texts = {s.instruction for s in seeds()}
+    listed = [line.split(". ", 1)[1] for line in first.split("\n")[1:9]]
+    assert len(listed) == 8 and set(listed) <= seed_texts  # empty pool: all 8 from the seeds
+    listed = [line.split(". ", 1)[1] for line in later.split("\n")[1:9]]
+    assert sum(text not in seed_texts for text in listed) == 2  # 2 machine, 6 seed
+    s = model.samplings[0]
+    assert (s.temperature, s.top_p, s.presence_penalty, s.max_tokens) == (0.7, 0.5, 2.0, 1024)
+    assert s.stop == ("\n\n", "\n16", "16.", "16 .")
+
+
+def test_step1_filters_count_every_dropped_candidate(tmp_path, scripted):
+    source = fresh_instructions()
+    answers = iter(
+        [
+            "",  # empty answer
+            ("garbage \x00 ~~~", "stop"),  # too short
+            (f" {next(source)}\n10. {next(source)}", "length"),  # cut: whole answer dropped
+            " Describe the image below in detail please\n10. Write a program to add numbers"
+            "\n11. - Starts with punctuation here\n12. Über alles in der Welt heute",
+            # near-duplicate of a seed, then an exact repeat inside one answer
+            f" Describe the {WORDS[0]} and the {WORDS[1]} in one short paragraph please.\n"
+            "10. Compose a limerick about a sleepy cat\n11. Compose a limerick about a sleepy cat",
+        ]
+    )
+
+    def answer(prompt):
+        return next(answers, None) or f" {next(source)}"
+
+    model = scripted(answer)
+    report = generate_instructions(
+        ctx(model), seeds(), tmp_path, InstructionSettings(num_instructions=5, seed=1)
+    )
+    d = report.dropped
+    assert d["empty_answer"] == 1
+    assert d["too_short"] == 1
+    assert d["cut_by_length"] == 2
+    assert d["banned_word"] == 1 and d["write_a_program"] == 1
+    assert d["leading_punctuation"] == 1 and d["non_ascii_start"] == 1
+    assert d["too_similar"] == 2
+    records = read_jsonl(tmp_path / "machine_generated_instructions.jsonl")
+    assert len(records) == 5 and report.complete
+    assert "Compose a limerick about a sleepy cat" in [r["instruction"] for r in records]
+
+
+def test_step1_keeps_nothing_above_threshold_and_stores_the_original_fields(tmp_path, scripted):
+    # Candidates that overlap heavily with each other: many must be rejected.
+    counter = itertools.count()
+
+    def answer(prompt):
+        k = next(counter)
+        return (
+            f" Write a short poem about the {WORDS[k % 30]} at night\n"
+            f"10. Write a short poem about the {WORDS[(k + 7) % 30]} in the morning light"
+        )
+
+    model = scripted(answer)
+    report = generate_instructions(
+        ctx(model), seeds(), tmp_path, InstructionSettings(num_instructions=4)
+    )
+    records = read_jsonl(tmp_path / "machine_generated_instructions.jsonl")
+    kept = [r["instruction"] for r in records]
+    pool = [s.instruction for s in seeds()] + kept
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    for i, text in enumerate(kept):
+        others = pool[: len(seeds()) + i]
+        assert max(scorer.score(o, text)["rougeL"].fmeasure for o in others) <= 0.7
+    first = records[0]
+    assert set(first) == {
+        "instruction", "most_similar", "avg_similarity_score", "metadata", "request_idx",
+    }
+    assert len(first["most_similar"]) == 10
+    scores = list(first["most_similar"].values())
+    assert scores == sorted(scores, reverse=True)
+    expected = scorer.score(seeds()[0].instruction, first["instruction"])["rougeL"].fmeasure
+    assert first["most_similar"].get(seeds()[0].instruction, expected) == pytest.approx(expected)
+    assert first["metadata"]["response"]["choices"][0]["finish_reason"] == "stop"
+    assert report.dropped.get("too_similar", 0) > 0
+
+
+def test_step1_resumes_without_duplicates(tmp_path, scripted):
+    source = fresh_instructions()
+    model = scripted(lambda p: f" {next(source)}\n10. {next(source)}")
+    generate_instructions(ctx(model), seeds(), tmp_path, InstructionSettings(num_instructions=5))
+    path = tmp_path / "machine_generated_instructions.jsonl"
+    with open(path, "a") as f:
+        f.write('{"instruction": "A torn li')  # what a kill mid-write leaves
+    report = generate_instructions(
+        ctx(model), seeds(), tmp_path, InstructionSettings(num_instructions=9)
+    )
+    records = read_jsonl(path)
+    texts = [r["instruction"] for r in records]
+    assert len(texts) == 9 == len(set(texts))
+    assert report.counts["resumed_from"] == 5
+    idx = [r["request_idx"] for r in records]
+    assert idx == sorted(idx)
+
+
+def test_step1_concurrency_keeps_the_threshold(tmp_path, scripted):
+    source = fresh_instructions()
+    model = scripted(lambda p: f" {next(source)}\n10. {next(source)}\n11. {next(source)}")
+    generate_instructions(
+        ctx(model, concurrency=16), seeds(), tmp_path, InstructionSettings(num_instructions=40)
+    )
+    texts = [r["instruction"] for r in read_jsonl(tmp_path / "machine_generated_instructions.jsonl")]
+    assert len(texts) == 40 == len(set(texts))
+
+
+def write_instructions(path, instructions):
+    path.write_text("".join(json.dumps({"instruction": i}) + "\n" for i in instructions))
+
+
+def test_step2_parses_yes_no_and_keeps_unparsed(tmp_path, scripted):
+    instructions = ["Is this review positive or negative?", "Write a poem", "Odd one"]
+    write_instructions(tmp_path / "machine_generated_instructions.jsonl", instructions)
+    replies = {"Is this review positive or negative?": " Yes", "Write a poem": "no.", "Odd one": "?"}
+
+    def answer(prompt):
+        task = prompt.rsplit("Task: ", 1)[1].split("\n")[0]
+        return replies[task]
+
+    model = scripted(answer, max_batch=5)
+    report = identify_classification(ctx(model), tmp_path, ClassifySettings())
+    out = read_jsonl(tmp_path / "is_clf_or_not_scripted_template_1.jsonl")
+    assert {r["instruction"]: r["is_classification"] for r in out} == {
+        "Is this review positive or negative?": "Yes",
+        "Write a poem": "No",
+        "Odd one": "?",
+    }
+    assert report.counts["unparsed_now"] == 1
+    s = model.samplings[0]
+    assert (s.max_tokens, s.temperature, s.stop) == (3, 0.0, ("\n", "Task"))
+    # A rerun asks nothing new.
+    identify_classification(ctx(model), tmp_path, ClassifySettings())
+    assert len(model.prompts) == 3
+
+
+def test_step3_uses_output_first_for_classification(tmp_path, scripted):
+    write_instructions(tmp_path / "machine_generated_instructions.jsonl", ["Clf task", "Gen task"])
+    (tmp_path / "is_clf_or_not_m_template_1.jsonl").write_text(
+        '{"instruction": "Clf task", "is_classification": "Yes"}\n'
+        '{"instruction": "Gen task", "is_classification": "No"}\n'
+    )
+    model = scripted(lambda p: "Class label: A\nText: x" if "Class label" in p else "Output: y")
+    generate_instances(ctx(model), tmp_path, InstanceSettings())
+    out = {r["instruction"]: r for r in read_jsonl(tmp_path / "machine_generated_instances.jsonl")}
+    assert out["Clf task"]["raw_instances"] == "Class label: A\nText: x"
+    assert out["Gen task"]["raw_instances"] == "Output: y"
+    by_task = {p.rsplit("Task: ", 1)[1].strip(): s for p, s in zip(model.prompts, model.samplings)}
+    assert by_task["Clf task"].max_tokens == 300 and by_task["Gen task"].max_tokens == 350
+    assert by_task["Gen task"].stop == ("Example 6", "Task:")
+    assert by_task["Gen task"].presence_penalty == 1.5
+    assert set(out["Gen task"]) == {
+        "instruction", "raw_instances", "instance_metadata", "instruction_metadata",
+        "most_similar", "avg_similarity_score",
+    }
+
+
+def test_instance_parsing_and_cleaning():
+    raw = "Example 1\nSentence: hi there\nOutput: greeting\nExample 2\nSentence: bye\nOutput: farewell"
+    assert parse_generation_instances(raw, "T") == [
+        ("T", "Sentence: hi there", "greeting"),
+        ("T", "Sentence: bye", "farewell"),
+    ]
+    assert parse_generation_instances("Output: just this", "T") == [("T", "", "just this")]
+    assert parse_generation_instances("no markers at all", "T") == []
+    assert parse_classification_instances("Class label: Pos\nText: good\nClass label: Neg", "T") == [
+        ("T", "Text: good", "Pos"),
+        ("T", "", "Neg"),
+    ]
+    dropped = {}
+    from collections import Counter
+
+    dropped = Counter()
+    # same input, two outputs: the whole task goes
+    raw = "Example 1\nInput: a\nOutput: b\nExample 2\nInput: a\nOutput: c"
+    assert clean_task_instances(raw, "T", False, "stop", dropped) == []
+    assert dropped["conflicting_outputs"] == 2
+    raw = "Example 1\nInput: a\nOutput: a\nExample 2\nInput: q\nOutput: w:\nExample 3\nOutput: ok"
+    assert clean_task_instances(raw, "T", False, "stop", dropped) == [("T", "", "ok")]
+    assert dropped["invalid_input_equals_output"] == 1 and dropped["invalid_ends_with_colon"] == 1
+    raw = "Example 1\nOutput: one\nExample 2\nOutput: tw"
+    assert clean_task_instances(raw, "T", False, "length", dropped) == [("T", "", "one")]
+
+
+def test_prepare_writes_all_formats(tmp_path):
+    rows = [
+        {"instruction": "Gen task one", "raw_instances": "Example 1\nInput: 2+2\nOutput: 4\n",
+         "instance_metadata": {"response": {"choices": [{"finish_reason": "stop"}]}}},
+        {"instruction": "Clf task two", "raw_instances": "Class label: Yes\nQ: sky blue?\n"
+         "Class label: No\nQ: grass red?", "instance_metadata": {}},
+        {"instruction": "Broken task", "raw_instances": "nothing", "instance_metadata": {}},
+    ]
+    (tmp_path / "machine_generated_instances.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    (tmp_path / "is_clf_or_not_m_template_1.jsonl").write_text(
+        '{"instruction": "Gen task one", "is_classification": "No"}\n'
+        '{"instruction": "Clf task two", "is_classification": "Yes"}\n'
+        '{"instruction": "Broken task", "is_classification": "No"}\n'
+    )
+    report = prepare_finetuning(tmp_path, PrepareSettings(include_seed_tasks=True), seeds=seeds(2))
+    out = tmp_path / "finetuning_data"
+    triples = read_jsonl(out / "all_generated_instances.jsonl")
+    assert {(t["instruction"], t["output"]) for t in triples} == {
+        ("Gen task one", "4"), ("Clf task two", "Yes"), ("Clf task two", "No"),
+    }
+    gpt3 = read_jsonl(out / "gpt3_finetuning_data_5.jsonl")
+    assert len(gpt3) == 5 and all(r["completion"].endswith("<|endoftext|>") for r in gpt3)
+    chat = read_jsonl(out / "openai_chat_finetuning_data.jsonl")
+    assert len(chat) == 5
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in chat)
+    alpaca = json.loads((out / "alpaca_data.json").read_text())
+    assert {"instruction": "Gen task one", "input": "2+2", "output": "4"} in alpaca
+    assert report.dropped["tasks_unparsable"] == 1
