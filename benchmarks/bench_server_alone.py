@@ -77,8 +77,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def one_connection(port: int, request: bytes, window: tuple[float, float], out: dict):
+async def one_connection(
+    port: int, request: bytes, window: tuple[float, float], out: dict, delay: float = 0.0
+):
     """Send requests back to back until the window closes; record those that end inside it."""
+    await asyncio.sleep(delay)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     start, end = window
     try:
@@ -107,16 +110,26 @@ async def sample_cpu(pid: int, window: tuple[float, float], out: dict) -> None:
         out[key] = (time.perf_counter(), cpu_seconds(pid), time.process_time())
 
 
-async def drive(pid: int, port: int, request: bytes, concurrency: int, duration: float) -> dict:
-    """Ramp up for `warmup` s, then measure over `duration` s of steady load."""
-    warmup = 0.7
+async def drive(
+    pid: int, port: int, request: bytes, concurrency: int, duration: float, stagger: float
+) -> dict:
+    """Ramp up for `warmup` s, then measure over `duration` s of steady load.
+
+    Connection i starts i/c * `stagger` s late: with a fixed server latency, connections that
+    start together stay in lockstep, and every latency period the server must answer all c of
+    them at once (a burst no real client produces once its own work has spread the requests).
+    """
+    warmup = 0.7 + stagger
     now = time.perf_counter()
     window = (now + warmup, now + warmup + duration)
     out: dict = {"latencies": [], "errors": 0}
     cpu: dict = {}
     await asyncio.gather(
         sample_cpu(pid, window, cpu),
-        *(one_connection(port, request, window, out) for _ in range(concurrency)),
+        *(
+            one_connection(port, request, window, out, stagger * i / concurrency)
+            for i in range(concurrency)
+        ),
     )
     (t0, server0, client0), (t1, server1, client1) = cpu["begin"], cpu["end"]
     lat = sorted(out["latencies"])
@@ -133,8 +146,10 @@ async def drive(pid: int, port: int, request: bytes, concurrency: int, duration:
     }
 
 
-def measure(pid: int, port: int, request: bytes, concurrency: int, duration: float) -> dict:
-    return asyncio.run(drive(pid, port, request, concurrency, duration))
+def measure(
+    pid: int, port: int, request: bytes, concurrency: int, duration: float, stagger: float
+) -> dict:
+    return asyncio.run(drive(pid, port, request, concurrency, duration, stagger))
 
 
 def main() -> int:
@@ -143,9 +158,15 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,4,16,64,128")
     ap.add_argument("--latencies", default="0.3,0", help="server latency settings, seconds")
     ap.add_argument("--prompts-per-request", type=int, default=1)
+    ap.add_argument(
+        "--burst",
+        action="store_true",
+        help="start all connections at once (lockstep bursts) instead of spread over a latency",
+    )
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    print(f"load average before: {os.getloadavg()[0]:.2f}  cores: {os.cpu_count()}")
+    mode = "lockstep bursts" if args.burst else "connections spread over one latency"
+    print(f"load average before: {os.getloadavg()[0]:.2f}  cores: {os.cpu_count()}  ({mode})")
     header = (
         f"{'latency':>7} {'conc':>5} {'req/s':>8} {'ideal':>7} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'srv cpu ms/req':>14} {'srv cpu%':>8} {'cli cpu%':>8} {'errors':>6}"
@@ -155,7 +176,8 @@ def main() -> int:
         with running_fault_server(latency=latency, seed=0) as server:
             request = build_request(server.port, args.prompts_per_request)
             for c in levels:
-                r = measure(server.pid, server.port, request, c, args.duration)
+                stagger = 0.0 if args.burst else latency
+                r = measure(server.pid, server.port, request, c, args.duration, stagger)
                 ideal = f"{c / latency:7.0f}" if latency > 0 else f"{'-':>7}"
                 print(
                     f"{latency:7.2f} {c:5d} {r['rps']:8.0f} {ideal} {r['p50_ms']:8.1f} "

@@ -73,15 +73,30 @@ def llama_server() -> Iterator[str]:
     from selfinstruct.models.llamacpp import default_model_path
 
     port = free_port()
-    log = open(ROOT / ".pytest_cache" / "llama_server.log", "w") if (ROOT / ".pytest_cache").is_dir() else subprocess.DEVNULL
+    log = (
+        open(ROOT / ".pytest_cache" / "llama_server.log", "w")
+        if (ROOT / ".pytest_cache").is_dir()
+        else subprocess.DEVNULL
+    )
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(default_model_path()),
-            "--host", "127.0.0.1", "--port", str(port),
-            "--n_ctx", "4096", "--model_alias", "smollm2",
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(default_model_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+            "--model_alias",
+            "smollm2",
         ],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}/v1"
     try:

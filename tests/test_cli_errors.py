@@ -12,7 +12,9 @@ from conftest import free_port
 def selfinstruct(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", "from selfinstruct.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -64,8 +66,15 @@ def test_unreachable_server_is_one_clear_line(tmp_path):
     port = free_port()  # nothing listens there
     out = tmp_path / "r"
     result = selfinstruct(
-        "run", "--out", str(out), "--model", "openai:any",
-        "--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "sk-secret-value-123",
+        "run",
+        "--out",
+        str(out),
+        "--model",
+        "openai:any",
+        "--base-url",
+        f"http://127.0.0.1:{port}/v1",
+        "--api-key",
+        "sk-secret-value-123",
     )
     assert result.returncode == 3
     lines = result.stderr.strip().splitlines()

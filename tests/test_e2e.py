@@ -20,7 +20,10 @@ pytestmark = pytest.mark.slow
 def selfinstruct(*args: str, env: dict | None = None, timeout: float = 900):
     return subprocess.run(
         [sys.executable, "-c", "from selfinstruct.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -29,7 +32,11 @@ def check_run_folder(out: Path, n: int, seed_instructions: list[str]) -> dict:
     assert len(instructions) == n
     for r in instructions:
         assert set(r) == {
-            "instruction", "most_similar", "avg_similarity_score", "metadata", "request_idx",
+            "instruction",
+            "most_similar",
+            "avg_similarity_score",
+            "metadata",
+            "request_idx",
         }
         assert 0 <= r["avg_similarity_score"] <= 1
     texts = [r["instruction"] for r in instructions]
@@ -73,14 +80,30 @@ def test_run_on_an_openai_compatible_server(tmp_path, llama_server, api):
     out = tmp_path / api
     secret = "sk-test-never-stored-0123456789"
     result = selfinstruct(
-        "run", "--out", str(out), "--num-instructions", "6", "--max-instances", "2",
-        "--model", f"openai:smollm2?api={api}", "--base-url", llama_server,
-        "--api-key", secret, "--concurrency", "2", "--quiet",
+        "run",
+        "--out",
+        str(out),
+        "--num-instructions",
+        "6",
+        "--max-instances",
+        "2",
+        "--model",
+        f"openai:smollm2?api={api}",
+        "--base-url",
+        llama_server,
+        "--api-key",
+        secret,
+        "--concurrency",
+        "2",
+        "--quiet",
     )
     assert result.returncode == 0, result.stderr
     run = check_run_folder(out, 6, [t.instruction for t in default_seeds()])
     assert run["model"] == {
-        "backend": "openai", "name": "smollm2", "api": api, "base_url": llama_server,
+        "backend": "openai",
+        "name": "smollm2",
+        "api": api,
+        "base_url": llama_server,
     }
     for path in out.rglob("*"):
         if path.is_file():

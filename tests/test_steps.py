@@ -44,9 +44,12 @@ def seeds(n: int = 12) -> list[SeedTask]:
 
 
 def fresh_instructions():
-    """Distinct instructions: three rare words each, so ROUGE-L between them stays low."""
-    combos = itertools.combinations(WORDS, 3)
-    return (f"Compose a riddle mixing {a}, {b} and {c} for children" for a, b, c in combos)
+    """Distinct instructions: four new made-up words each, so ROUGE-L between them is 2/3."""
+    syllables = ["ka", "lo", "mi", "ter", "su", "van", "pe", "dor", "qui", "zel"]
+    words = (a + b + c for a in syllables for b in syllables for c in syllables)
+    while True:
+        w = [next(words) for _ in range(4)]
+        yield f"Compose a riddle mixing {w[0]} {w[1]} {w[2]} {w[3]} for children"
 
 
 def ctx(model, **engine):
@@ -86,7 +89,8 @@ def test_step1_filters_count_every_dropped_candidate(tmp_path, scripted):
     )
 
     def answer(prompt):
-        return next(answers, None) or f" {next(source)}"
+        scripted_answer = next(answers, None)
+        return f" {next(source)}" if scripted_answer is None else scripted_answer
 
     model = scripted(answer)
     report = generate_instructions(
@@ -110,10 +114,9 @@ def test_step1_keeps_nothing_above_threshold_and_stores_the_original_fields(tmp_
 
     def answer(prompt):
         k = next(counter)
-        return (
-            f" Write a short poem about the {WORDS[k % 30]} at night\n"
-            f"10. Write a short poem about the {WORDS[(k + 7) % 30]} in the morning light"
-        )
+        a, b, c = WORDS[k % 36], WORDS[(k * 7 + 3) % 36], WORDS[(k * 11 + 5) % 36]
+        # The second item repeats the first with one word more: always too similar.
+        return f" Write a poem about {a} {b} {c}\n10. Write a poem about {a} {b} {c} today"
 
     model = scripted(answer)
     report = generate_instructions(
@@ -128,7 +131,11 @@ def test_step1_keeps_nothing_above_threshold_and_stores_the_original_fields(tmp_
         assert max(scorer.score(o, text)["rougeL"].fmeasure for o in others) <= 0.7
     first = records[0]
     assert set(first) == {
-        "instruction", "most_similar", "avg_similarity_score", "metadata", "request_idx",
+        "instruction",
+        "most_similar",
+        "avg_similarity_score",
+        "metadata",
+        "request_idx",
     }
     assert len(first["most_similar"]) == 10
     scores = list(first["most_similar"].values())
@@ -163,7 +170,9 @@ def test_step1_concurrency_keeps_the_threshold(tmp_path, scripted):
     generate_instructions(
         ctx(model, concurrency=16), seeds(), tmp_path, InstructionSettings(num_instructions=40)
     )
-    texts = [r["instruction"] for r in read_jsonl(tmp_path / "machine_generated_instructions.jsonl")]
+    texts = [
+        r["instruction"] for r in read_jsonl(tmp_path / "machine_generated_instructions.jsonl")
+    ]
     assert len(texts) == 40 == len(set(texts))
 
 
@@ -174,7 +183,11 @@ def write_instructions(path, instructions):
 def test_step2_parses_yes_no_and_keeps_unparsed(tmp_path, scripted):
     instructions = ["Is this review positive or negative?", "Write a poem", "Odd one"]
     write_instructions(tmp_path / "machine_generated_instructions.jsonl", instructions)
-    replies = {"Is this review positive or negative?": " Yes", "Write a poem": "no.", "Odd one": "?"}
+    replies = {
+        "Is this review positive or negative?": " Yes",
+        "Write a poem": "no.",
+        "Odd one": "?",
+    }
 
     def answer(prompt):
         task = prompt.rsplit("Task: ", 1)[1].split("\n")[0]
@@ -207,25 +220,37 @@ def test_step3_uses_output_first_for_classification(tmp_path, scripted):
     out = {r["instruction"]: r for r in read_jsonl(tmp_path / "machine_generated_instances.jsonl")}
     assert out["Clf task"]["raw_instances"] == "Class label: A\nText: x"
     assert out["Gen task"]["raw_instances"] == "Output: y"
-    by_task = {p.rsplit("Task: ", 1)[1].strip(): s for p, s in zip(model.prompts, model.samplings)}
+    by_task = {
+        p.rsplit("Task: ", 1)[1].strip(): s
+        for p, s in zip(model.prompts, model.samplings, strict=True)
+    }
     assert by_task["Clf task"].max_tokens == 300 and by_task["Gen task"].max_tokens == 350
     assert by_task["Gen task"].stop == ("Example 6", "Task:")
     assert by_task["Gen task"].presence_penalty == 1.5
     assert set(out["Gen task"]) == {
-        "instruction", "raw_instances", "instance_metadata", "instruction_metadata",
-        "most_similar", "avg_similarity_score",
+        "instruction",
+        "raw_instances",
+        "instance_metadata",
+        "instruction_metadata",
+        "most_similar",
+        "avg_similarity_score",
     }
 
 
 def test_instance_parsing_and_cleaning():
-    raw = "Example 1\nSentence: hi there\nOutput: greeting\nExample 2\nSentence: bye\nOutput: farewell"
+    raw = (
+        "Example 1\nSentence: hi there\nOutput: greeting\n"
+        "Example 2\nSentence: bye\nOutput: farewell"
+    )
     assert parse_generation_instances(raw, "T") == [
         ("T", "Sentence: hi there", "greeting"),
         ("T", "Sentence: bye", "farewell"),
     ]
     assert parse_generation_instances("Output: just this", "T") == [("T", "", "just this")]
     assert parse_generation_instances("no markers at all", "T") == []
-    assert parse_classification_instances("Class label: Pos\nText: good\nClass label: Neg", "T") == [
+    assert parse_classification_instances(
+        "Class label: Pos\nText: good\nClass label: Neg", "T"
+    ) == [
         ("T", "Text: good", "Pos"),
         ("T", "", "Neg"),
     ]
@@ -246,10 +271,16 @@ def test_instance_parsing_and_cleaning():
 
 def test_prepare_writes_all_formats(tmp_path):
     rows = [
-        {"instruction": "Gen task one", "raw_instances": "Example 1\nInput: 2+2\nOutput: 4\n",
-         "instance_metadata": {"response": {"choices": [{"finish_reason": "stop"}]}}},
-        {"instruction": "Clf task two", "raw_instances": "Class label: Yes\nQ: sky blue?\n"
-         "Class label: No\nQ: grass red?", "instance_metadata": {}},
+        {
+            "instruction": "Gen task one",
+            "raw_instances": "Example 1\nInput: 2+2\nOutput: 4\n",
+            "instance_metadata": {"response": {"choices": [{"finish_reason": "stop"}]}},
+        },
+        {
+            "instruction": "Clf task two",
+            "raw_instances": "Class label: Yes\nQ: sky blue?\nClass label: No\nQ: grass red?",
+            "instance_metadata": {},
+        },
         {"instruction": "Broken task", "raw_instances": "nothing", "instance_metadata": {}},
     ]
     (tmp_path / "machine_generated_instances.jsonl").write_text(
@@ -264,7 +295,9 @@ def test_prepare_writes_all_formats(tmp_path):
     out = tmp_path / "finetuning_data"
     triples = read_jsonl(out / "all_generated_instances.jsonl")
     assert {(t["instruction"], t["output"]) for t in triples} == {
-        ("Gen task one", "4"), ("Clf task two", "Yes"), ("Clf task two", "No"),
+        ("Gen task one", "4"),
+        ("Clf task two", "Yes"),
+        ("Clf task two", "No"),
     }
     gpt3 = read_jsonl(out / "gpt3_finetuning_data_5.jsonl")
     assert len(gpt3) == 5 and all(r["completion"].endswith("<|endoftext|>") for r in gpt3)
@@ -274,3 +307,17 @@ def test_prepare_writes_all_formats(tmp_path):
     alpaca = json.loads((out / "alpaca_data.json").read_text())
     assert {"instruction": "Gen task one", "input": "2+2", "output": "4"} in alpaca
     assert report.dropped["tasks_unparsable"] == 1
+
+
+def test_step1_stops_when_the_model_only_repeats_itself(tmp_path, scripted):
+    model = scripted(lambda p: " Compose a limerick about a sleepy cat")
+    report = generate_instructions(
+        ctx(model),
+        seeds(),
+        tmp_path,
+        InstructionSettings(num_instructions=5, max_stalled_requests=20),
+    )
+    assert not report.complete
+    assert report.counts["instructions_in_file"] == 1
+    assert report.dropped["too_similar"] == 20
+    assert report.counts["stalled_requests"] == 20

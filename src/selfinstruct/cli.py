@@ -341,7 +341,7 @@ def _instruction_settings(kwargs: dict[str, Any], seed: int):  # type: ignore[no
 def generate_instructions_cmd(
     batch_dir: Path, seed_tasks: Path | None, seed: int, **kwargs: Any
 ) -> None:
-    """Step 1: bootstrap new instructions from the seed tasks (machine_generated_instructions.jsonl)."""
+    """Step 1: bootstrap new instructions from the seed tasks."""
     from selfinstruct.steps.instructions import generate_instructions
 
     opts = ModelOptions.pop(kwargs)

@@ -158,6 +158,9 @@ class Engine:
         )
         # Jitter has its own generator so that retries never shift the steps' sampling.
         self._jitter = random.Random(jitter_seed)
+        # Attempts decided on (dispatched or about to be retried), counted before they are sent
+        # so that a --max-requests budget holds however many requests are in flight.
+        self._attempts_reserved = 0
 
     @property
     def concurrency(self) -> int:
@@ -165,7 +168,7 @@ class Engine:
 
     def budget_reached(self) -> str | None:
         s = self.settings
-        if s.max_requests is not None and self.stats.requests >= s.max_requests:
+        if s.max_requests is not None and self._attempts_reserved >= s.max_requests:
             return "max_requests"
         if s.max_tokens_total is not None and self.usage.total_tokens >= s.max_tokens_total:
             return "max_tokens_total"
@@ -194,11 +197,15 @@ class Engine:
                         break
                     if request is WAIT:
                         break
+                    self._attempts_reserved += 1
                     in_flight.add(asyncio.create_task(self._attempts(request)))
                 if not in_flight:
                     break
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
+                    # Leave the task in `in_flight` until its result is taken: if one raises
+                    # (ModelError), the others still get collected below, never left unread.
+                    in_flight.discard(task)
                     request, outcome = task.result()
                     if isinstance(outcome, RequestFailed):
                         self.stats.failed += 1
@@ -221,7 +228,7 @@ class Engine:
         s = self.settings
         attempt = 0
         while True:
-            attempt += 1
+            attempt += 1  # this attempt's budget was reserved by the caller or below
             await self._limiter.acquire(estimate_tokens(request))
             self.stats.requests += 1
             try:
@@ -234,6 +241,9 @@ class Engine:
                 if self.on_retry is not None:
                     self.on_retry(request, e, delay)
                 await asyncio.sleep(delay)
+                if self.budget_reached():  # spent by other requests while this one waited
+                    return request, RequestFailed(e, attempt)
+                self._attempts_reserved += 1
                 continue
             except ModelError:
                 raise

@@ -154,16 +154,16 @@ def rouge_l(target: str, prediction: str, *, stem: bool = False) -> Score:
     return Score(precision, recall, _fmeasure(precision, recall))
 
 
-def _f1_array(lcs: np.ndarray, m: int, lens: np.ndarray) -> np.ndarray:
-    """Vectorised rouge-score F1 for LCS lengths ``lcs`` between an m-token text and texts of
-    ``lens`` tokens; bit-identical to the scalar formula (same IEEE operations, same order)."""
+def _f1_array(lcs: np.ndarray, m: int | np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Vectorised rouge-score F1 for LCS lengths ``lcs`` between texts of ``m`` tokens (a number
+    or an array) and texts of ``lens`` tokens; bit-identical to the scalar formula (the same
+    IEEE operations in the same order; 0 where a side has no token)."""
     lcs_f = lcs.astype(np.float64)
     out = np.zeros(lcs_f.shape, dtype=np.float64)
-    if m == 0:
-        return out
+    m_f = np.asarray(m, dtype=np.float64)
     lens_f = lens.astype(np.float64)
     recall = np.divide(lcs_f, lens_f, out=np.zeros_like(lcs_f), where=lens_f > 0)
-    precision = lcs_f / m
+    precision = np.divide(lcs_f, m_f, out=np.zeros_like(lcs_f), where=m_f > 0)
     total = precision + recall
     np.divide(2 * precision * recall, total, out=out, where=total > 0)
     return out
@@ -182,6 +182,44 @@ def _min_overlap(m: int, threshold: float) -> int:
     return max(1, math.floor(x - 1e-6) + 1)
 
 
+_BIG_POSTING = 64  # postings at least this long are searched rather than read in full
+_MAX_BAND = 1 << 20  # lengths beyond this are never handled by the search path
+_band_cache: dict[tuple[int, int, float], tuple[int, int]] = {}
+
+
+def _band(m: int, cap: int, tt: float) -> tuple[int, int]:
+    """The lengths n (an interval, possibly empty: lo > hi) for which a text of n tokens can
+    pass ``2 * min(cap, m, n) > tt * (m + n)``, the bound test used on candidates; the same
+    floating-point test, so the two agree exactly."""
+    key = (m, cap, tt)
+    hit = _band_cache.get(key)
+    if hit is not None:
+        return hit
+    c = min(cap, m)
+
+    def ok(n: int) -> bool:
+        return 2.0 * min(c, n) > tt * (m + n)
+
+    if tt <= 0:
+        out = (1, _MAX_BAND) if c > 0 else (1, 0)
+    else:
+        lo = max(1, int(tt * m / (2.0 - tt)) - 1)
+        while lo <= c and not ok(lo):
+            lo += 1
+        if lo > c:
+            out = (1, 0)
+        else:
+            hi = max(lo, min(_MAX_BAND, int(2.0 * c / tt) - m - 1))
+            while hi < _MAX_BAND and ok(hi + 1):
+                hi += 1
+            while hi > lo and not ok(hi):
+                hi -= 1
+            out = (lo, hi)
+    if len(_band_cache) < 100_000:
+        _band_cache[key] = out
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Index
 
@@ -189,17 +227,19 @@ def _min_overlap(m: int, threshold: float) -> int:
 class _Query:
     """A tokenized candidate, encoded with an index's vocabulary."""
 
-    __slots__ = ("code", "elems", "m", "vocab_size")
+    __slots__ = ("code", "complete", "elems", "m")
 
-    def __init__(self, code: str | list[int], elems: list[int], m: int, vocab_size: int):
-        self.code = code
-        self.elems = elems
-        self.m = m
-        self.vocab_size = vocab_size
+    def __init__(self, code: str | list[int], elems: list[int], m: int, complete: bool):
+        self.code = code  # token ids as code points
+        self.elems = elems  # multiset elements of the tokens the index knows
+        self.m = m  # number of tokens
+        self.complete = complete  # every token known to the index (so ids are exact)
 
 
 def _elements(ids: Sequence[int]) -> list[int]:
     """The multiset of token ids as distinct keys: k-th occurrence of t -> t | (k << shift)."""
+    if len(set(ids)) == len(ids):
+        return list(ids)
     seen: dict[int, int] = {}
     out = []
     for t in ids:
@@ -210,46 +250,77 @@ def _elements(ids: Sequence[int]) -> list[int]:
 
 
 class _Postings:
-    """Growable int32 arrays, one per multiset element, of the positions that contain it."""
+    """For each multiset element, the ascending positions of the indexed texts that hold it.
 
-    __slots__ = ("arrays", "sizes")
+    Appends wait in plain lists and are moved into growable int32 arrays when a posting is
+    read, so adding a text costs a few list appends and reading a posting is a slice.
+    """
+
+    __slots__ = ("arrays", "pending", "sizes")
 
     def __init__(self) -> None:
         self.arrays: dict[int, np.ndarray] = {}
-        self.sizes: dict[int, int] = {}
+        self.pending: dict[int, list[int]] = {}
+        self.sizes: dict[int, int] = {}  # document frequency, pending appends included
 
     def add(self, elem: int, pos: int) -> None:
-        size = self.sizes.get(elem)
-        if size is None:
-            arr = np.empty(4, dtype=np.int32)
-            self.arrays[elem] = arr
-            size = 0
+        sizes = self.sizes
+        sizes[elem] = sizes.get(elem, 0) + 1
+        waiting = self.pending.get(elem)
+        if waiting is None:
+            self.pending[elem] = [pos]
         else:
-            arr = self.arrays[elem]
-            if size == arr.shape[0]:
-                grown = np.empty(size * 2, dtype=np.int32)
-                grown[:size] = arr
-                arr = self.arrays[elem] = grown
-        arr[size] = pos
-        self.sizes[elem] = size + 1
+            waiting.append(pos)
 
     def view(self, elem: int) -> np.ndarray:
-        return self.arrays[elem][: self.sizes[elem]]
+        size = self.sizes[elem]
+        waiting = self.pending.pop(elem, None)
+        if waiting is None:
+            return self.arrays[elem][:size]
+        start = size - len(waiting)
+        arr = self.arrays.get(elem)
+        if arr is None or arr.shape[0] < size:
+            grown = np.empty(max(4, 2 * size), dtype=np.int32)
+            if arr is not None:
+                grown[:start] = arr[:start]
+            arr = self.arrays[elem] = grown
+        arr[start:size] = waiting
+        return arr[:size]
 
 
+_POS_MASK = (1 << 32) - 1
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_EMPTY_F64 = np.zeros(0, dtype=np.float64)
+
+
+def _run_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of ``keys`` (ascending) and how often each occurs."""
+    keys = np.sort(keys)
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    counts = np.diff(np.append(starts, keys.size))
+    return keys[starts], counts
+
+
+def _lcs_pairs(
+    left: Sequence[str | list[int]], right: Sequence[str | list[int]], workers: int
+) -> np.ndarray:
+    """LCS length of each (left[i], right[i]) pair."""
+    if not left:
+        return _EMPTY_I32
+    return process.cpdist(left, right, scorer=LCSseq.similarity, dtype=np.int32, workers=workers)
 
 
 class RougeLIndex:
     """A growing collection of texts answering exact ROUGE-L F1 queries against all of them.
 
-    ``exceeds`` (the bootstrap loop's duplicate test) touches only the indexed texts that share
-    one of the candidate's rarest tokens; ``scores``, ``top_k`` and ``max_score`` compute the
-    exact F1 to every text but run the LCS only where the token overlap is 2 or more (an overlap
-    of 0 or 1 *is* the LCS length).
+    ``exceeds`` (the bootstrap loop's duplicate test) looks only at the indexed texts that share
+    one of the candidate's rarest tokens; ``scores``, ``top_k`` and ``max_score`` give the exact
+    F1 to every text but run the LCS only where the token overlap is 2 or more (an overlap of 0
+    or 1 *is* the LCS length).
 
-    ``workers`` is passed to rapidfuzz for large one-vs-many batches (``-1``: all cores);
-    ``None`` picks all cores only for batches big enough to pay for the threads.
+    ``workers`` is passed to rapidfuzz for large batches of LCS computations (``-1``: all
+    cores); ``None`` uses all cores only for batches big enough to pay for the threads.
     """
 
     def __init__(
@@ -280,10 +351,10 @@ class RougeLIndex:
         return self._texts[position]
 
     def _seed_vocabulary(self, token_lists: Iterable[list[str]]) -> None:
-        """Give ids in order of decreasing frequency (rare tokens last) before anything is added.
+        """Give ids in order of decreasing frequency before anything is added.
 
-        Only an optimisation: frequent tokens get small code points, which rapidfuzz handles
-        fastest. Results never depend on the ids.
+        Only an optimisation (frequent tokens get small code points, which rapidfuzz handles
+        fastest, and every token of a known corpus gets an id); results never depend on ids.
         """
         if self._vocab:
             return
@@ -302,16 +373,22 @@ class RougeLIndex:
             if tid is None:
                 tid = vocab[tok] = len(vocab)
             ids.append(tid)
+        return self._add_encoded(text, _Query(_as_code(ids), _elements(ids), len(ids), True))
+
+    def _add_encoded(self, text: str, q: _Query) -> int:
+        """Index a text encoded with this index's vocabulary, every token known."""
+        if not q.complete:
+            raise ValueError("cannot index a text encoded with tokens unknown to the index")
         pos = len(self._texts)
         self._texts.append(text)
-        self._codes.append(_as_code(ids))
+        self._codes.append(q.code)
         if pos == self._lens.shape[0]:
             grown = np.zeros(pos * 2, dtype=np.int32)
             grown[:pos] = self._lens
             self._lens = grown
-        self._lens[pos] = len(ids)
+        self._lens[pos] = q.m
         add = self._post.add
-        for elem in _elements(ids):
+        for elem in q.elems:
             add(elem, pos)
         self._cache_key = None
         return pos
@@ -321,20 +398,25 @@ class RougeLIndex:
         return self._add_tokens(text, tokenize(text, stem=self._stem))
 
     def add_many(self, texts: Iterable[str]) -> None:
+        """Index each text in turn (positions follow on)."""
         for text in texts:
             self.add(text)
 
-    # ---- queries -----------------------------------------------------------------------
+    # ---- internals of queries ----------------------------------------------------------
 
     def _encode_tokens(self, tokens: list[str]) -> _Query:
         vocab = self._vocab
         # A token the index has never seen matches nothing in it: any unused id will do.
         unseen = len(vocab)
         ids = [vocab.get(tok, unseen) for tok in tokens]
-        elems = [e for e, t in zip(_elements(ids), ids, strict=True) if t != unseen]
-        return _Query(_as_code(ids), elems, len(ids), len(vocab))
+        elems = _elements(ids)
+        if unseen in ids:
+            elems = [e for e, t in zip(elems, ids, strict=True) if t != unseen]
+            return _Query(_as_code(ids), elems, len(ids), False)
+        return _Query(_as_code(ids), elems, len(ids), True)
 
     def _query(self, candidate: str) -> _Query:
+        # The pipeline asks exceeds(c), then scores(c) or top_k(c): tokenize c once.
         if self._cache_key == candidate and self._cache_val is not None:
             return self._cache_val
         q = self._encode_tokens(tokenize(candidate, stem=self._stem))
@@ -350,85 +432,194 @@ class RougeLIndex:
         return -1 if n_pairs >= 200_000 else 1
 
     def _lcs(self, code: str | list[int], positions: np.ndarray) -> np.ndarray:
-        """LCS lengths between ``code`` and the indexed texts at ``positions`` (int32 array)."""
+        """LCS lengths between ``code`` and the indexed texts at ``positions``."""
         if positions.size == 0:
             return _EMPTY_I32
         codes = self._codes
         choices = [codes[i] for i in positions.tolist()]
+        workers = self._cdist_workers(len(choices))
         out = process.cdist(
-            [code],
-            choices,
-            scorer=LCSseq.similarity,
-            dtype=np.int32,
-            workers=self._cdist_workers(len(choices)),
+            [code], choices, scorer=LCSseq.similarity, dtype=np.int32, workers=workers
         )
         return out[0]
 
     def _overlaps(self, q: _Query) -> np.ndarray:
-        """Multiset token overlap of ``q`` with every indexed text."""
+        """Multiset token overlap of ``q`` with every indexed text (int64 array)."""
         n = len(self._texts)
-        views = [self._post.view(e) for e in q.elems if e in self._post.sizes]
+        sizes = self._post.sizes
+        views = [self._post.view(e) for e in q.elems if e in sizes]
         if not views:
             return np.zeros(n, dtype=np.int64)
         return np.bincount(np.concatenate(views), minlength=n)
 
-    def _probe(self, q: _Query, threshold: float, *, first_only: bool) -> tuple[float, int]:
-        """Best F1 > threshold over the index and its position, or (-1.0, -1) when none.
+    def _plan(self, q: _Query, threshold: float) -> tuple[list[int], int] | None:
+        """Which of ``q``'s occurrences to look up to find every text with F1 > threshold >= 0.
 
-        With ``first_only`` it returns as soon as one text exceeds (not necessarily the best).
+        A text above the threshold shares at least ``alpha`` occurrences with ``q``, so it holds
+        one of any ``n_probe = m - alpha + 1`` of them, and shares at most (hits among those) +
+        ``rest`` (= m - n_probe) in all. Returns ``(probe, rest)`` with ``probe`` the rarest
+        known occurrences by document frequency, rarest first, those absent from the index
+        included; occurrences of tokens unknown to the index count as probe slots but are not
+        listed (they are in no text). None when no text can be above the threshold.
+        """
+        m = q.m
+        if m == 0:
+            return None
+        n_probe = m - _min_overlap(m, threshold) + 1
+        n_known = n_probe - (m - len(q.elems))
+        if n_known <= 0:
+            return None
+        sizes = self._post.sizes
+        probe = sorted(q.elems, key=lambda e: sizes.get(e, 0))[:n_known]
+        return probe, m - n_probe
+
+    def _probe_block(
+        self,
+        queries: Sequence[_Query],
+        threshold: float,
+        plans: Sequence[tuple[list[int], int] | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (query number, position, F1) with F1 > threshold >= 0, in one batched pass,
+        sorted by query number then position.
+
+        Besides the plan's bounds, each query's most frequent probed occurrence is not read in
+        full: a text holding only that one of the probed occurrences can pass only in a narrow
+        band of lengths, so only that band of its posting yields candidates; for the other
+        candidates its posting is only searched (membership), not enumerated.
         """
         n_docs = len(self._texts)
-        m = q.m
-        if n_docs == 0:
+        empty = (_EMPTY_I64, _EMPTY_I64, _EMPTY_F64)
+        n_q = len(queries)
+        if n_docs == 0 or n_q == 0:
+            return empty
+        if n_q >= 1 << 11:
+            parts = [
+                self._probe_block(
+                    queries[i : i + 1024], threshold, None if plans is None else plans[i : i + 1024]
+                )
+                for i in range(0, n_q, 1024)
+            ]
+            offsets = range(0, n_q, 1024)
+            return (
+                np.concatenate([p[0] + off for p, off in zip(parts, offsets, strict=True)]),
+                np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]),
+            )
+        if plans is None:
+            plans = [self._plan(q, threshold) for q in queries]
+        tt = threshold - _SLACK
+        sizes = self._post.sizes
+        view = self._post.view
+        views: list[np.ndarray] = []
+        owners: list[int] = []
+        bigs: list[np.ndarray] = []
+        big_owners: list[int] = []
+        ms = np.zeros(n_q, dtype=np.int64)
+        rests = np.zeros(n_q, dtype=np.int64)
+        # Lengths for which a query's big posting is read ([w_lo, b_hi]) or searched (b_hi, w_hi].
+        w_lo = np.zeros(n_q, dtype=np.int64)
+        b_hi = np.full(n_q, -1, dtype=np.int64)
+        w_hi = np.full(n_q, -1, dtype=np.int64)
+        for qi, plan in enumerate(plans):
+            if plan is None:
+                continue
+            probe, rest = plan
+            present = [e for e in probe if e in sizes]
+            if not present:
+                continue
+            m = queries[qi].m
+            ms[qi] = m
+            rests[qi] = rest
+            if len(present) >= 2 and sizes[present[-1]] >= _BIG_POSTING:
+                lo, hi = _band(m, m, tt)
+                w_lo[qi] = lo
+                w_hi[qi] = hi
+                b_hi[qi] = max(_band(m, rest + 1, tt)[1], lo - 1)
+                bigs.append(view(present.pop()))
+                big_owners.append(qi)
+            for e in present:
+                views.append(view(e))
+                owners.append(qi)
+        keys = _EMPTY_I64
+        if views:
+            counts = np.fromiter((v.shape[0] for v in views), dtype=np.int64, count=len(views))
+            keys = np.repeat(np.asarray(owners, dtype=np.int64) << 32, counts)
+            keys |= np.concatenate(views)
+        lens_all = self._lens
+        members = _EMPTY_I64
+        if bigs:
+            big = np.concatenate(bigs).astype(np.int64)
+            big_q = np.repeat(
+                np.asarray(big_owners, dtype=np.int64),
+                np.fromiter((v.shape[0] for v in bigs), dtype=np.int64, count=len(bigs)),
+            )
+            big_n = lens_all[big]
+            upper = b_hi[big_q]
+            read = (big_n >= w_lo[big_q]) & (big_n <= upper)
+            searched = (big_n > upper) & (big_n <= w_hi[big_q])
+            keys = np.concatenate((keys, (big_q[read] << 32) | big[read]))
+            members = (big_q[searched] << 32) | big[searched]  # ascending
+        if keys.size == 0:
+            return empty
+        keys, hits = _run_counts(keys)
+        qn = keys >> 32
+        pos = keys & _POS_MASK
+        m = ms[qn]
+        lens = lens_all[pos].astype(np.int64)
+        if members.size:
+            todo = np.flatnonzero((lens > b_hi[qn]) & (lens <= w_hi[qn]))
+            wanted = keys[todo]
+            at = np.minimum(np.searchsorted(members, wanted), members.size - 1)
+            hits[todo] += members[at] == wanted
+        ub = np.minimum(np.minimum(lens, m), hits + rests[qn])
+        keep = 2.0 * ub > tt * (m + lens)
+        qn, pos, m, lens = qn[keep], pos[keep], m[keep], lens[keep]
+        if qn.size == 0:
+            return empty
+        codes = self._codes
+        lcs = _lcs_pairs(
+            [queries[i].code for i in qn.tolist()],
+            [codes[j] for j in pos.tolist()],
+            self._cdist_workers(4 * qn.size),
+        )
+        f1 = _f1_array(lcs, m, lens)
+        sel = f1 > threshold
+        return qn[sel], pos[sel], f1[sel]
+
+    def _probe(self, q: _Query, threshold: float, *, first_only: bool) -> tuple[float, int]:
+        """Best F1 > threshold over the index and its position (lowest on ties), or (-1.0, -1)
+        when none. With ``first_only`` it returns as soon as one text is above the threshold
+        (then the figure need not be the best one)."""
+        if not self._texts:
             return -1.0, -1
         if threshold < 0:
-            # Every pair scores >= 0 > threshold, even pairs without tokens. (With first_only
-            # the figure returned is not the best one; only the position's sign matters then.)
+            # Every pair scores >= 0 > threshold, even pairs without tokens.
             if first_only:
                 return 0.0, 0
             scores = self._scores_q(q)
             best = int(np.argmax(scores))
             return float(scores[best]), best
-        if m == 0:
+        plan = self._plan(q, threshold)
+        if plan is None:
             return -1.0, -1
-        alpha = _min_overlap(m, threshold)
-        n_probe = m - alpha + 1
-        if n_probe <= 0:
-            return -1.0, -1
+        probe, rest = plan
+        m = q.m
         sizes = self._post.sizes
-        present = [(sizes[e], e) for e in q.elems if e in sizes]
-        # Any text above the threshold holds one of any n_probe of the candidate's occurrences,
-        # and has at most (hits among them) + (m - n_probe) occurrences in common with it.
-        # Occurrences no indexed text has are the rarest of all and use up probe slots for free.
-        rest = m - n_probe
-        n_probe -= m - len(present)
-        if n_probe <= 0:
-            return -1.0, -1
-        if n_probe < len(present):
-            present.sort()
-            present = present[:n_probe]
         view = self._post.view
-        if len(present) == 1:
-            cands = view(present[0][1])
-            hits = None
-        else:
-            cands, hits = np.unique(
-                np.concatenate([view(e) for _, e in present]), return_counts=True
-            )
-        lens = self._lens[cands]
-        tt = threshold - _SLACK
-        ub = np.minimum(lens, m)
-        if hits is not None:
-            ub = np.minimum(ub, hits + rest)
-        elif rest + 1 < m:
-            ub = np.minimum(ub, rest + 1)
-        keep = 2.0 * ub > tt * (m + lens)
-        cands = cands[keep]
+        views = [view(e) for e in probe if e in sizes]
+        if not views:
+            return -1.0, -1
+        lens_all = self._lens
+        cands, hits = _run_counts(np.concatenate(views))
+        ub = np.minimum(np.minimum(lens_all[cands], m), hits + rest)
+        lens = lens_all[cands]
+        keep = 2.0 * ub > (threshold - _SLACK) * (m + lens)
+        cands, lens, ub = cands[keep], lens[keep], ub[keep]
         if cands.size == 0:
             return -1.0, -1
-        lens = lens[keep]
         if first_only and cands.size > 1024:
-            order = np.argsort(-(2.0 * ub[keep] / (m + lens)), kind="stable")
+            # Most promising first, in slices, stopping at the first text above.
+            order = np.argsort(-(2.0 * ub / (m + lens)), kind="stable")
             for start in range(0, order.size, 1024):
                 part = order[start : start + 1024]
                 f1 = _f1_array(self._lcs(q.code, cands[part]), m, lens[part])
@@ -437,7 +628,7 @@ class RougeLIndex:
                     return float(f1[hit[0]]), int(cands[part][hit[0]])
             return -1.0, -1
         f1 = _f1_array(self._lcs(q.code, cands), m, lens)
-        best = int(np.argmax(f1))
+        best = int(np.argmax(f1))  # candidates ascend, so ties go to the lowest position
         if f1[best] > threshold:
             return float(f1[best]), int(cands[best])
         return -1.0, -1
@@ -446,11 +637,11 @@ class RougeLIndex:
         n = len(self._texts)
         if n == 0 or q.m == 0:
             return np.zeros(n, dtype=np.float64)
-        lcs = self._overlaps(q)
         lens = self._lens_view()
+        lcs = self._overlaps(q)
         np.minimum(lcs, lens, out=lcs)
         np.minimum(lcs, q.m, out=lcs)
-        # An overlap of 0 or 1 is the LCS itself; compute the rest.
+        # An overlap of 0 or 1 is the LCS itself; compute the others.
         todo = np.flatnonzero(lcs >= 2)
         if todo.size:
             lcs[todo] = self._lcs(q.code, todo)
@@ -478,18 +669,20 @@ class RougeLIndex:
                 first = todo
             f1[first] = _f1_array(self._lcs(q.code, first), q.m, lens[first])
             unknown[first] = False
-            # Any text still unknown must be checked if its bound reaches the k-th best so far.
+            # A text still unknown matters only if its bound reaches the k-th best so far.
             known = f1[~unknown]
             kth = np.partition(known, known.size - k)[known.size - k]
             rest = np.flatnonzero(unknown & (f1 >= kth - _SLACK))
             if rest.size:
                 f1[rest] = _f1_array(self._lcs(q.code, rest), q.m, lens[rest])
                 unknown[rest] = False
-            f1[unknown] = -1.0  # bounds below the k-th best: not in the top k
+            f1[unknown] = -1.0  # below the k-th best: out of the top k
         kth = np.partition(f1, n - k)[n - k]
         sel = np.flatnonzero(f1 >= kth)  # ascending positions
         sel = sel[np.argsort(-f1[sel], kind="stable")][:k]
         return [(int(i), float(f1[i])) for i in sel]
+
+    # ---- queries -----------------------------------------------------------------------
 
     def max_score(self, candidate: str) -> float:
         """The highest F1 between ``candidate`` and any indexed text; 0.0 when empty."""
@@ -502,7 +695,7 @@ class RougeLIndex:
         return self._probe(self._query(candidate), threshold, first_only=True)[1] >= 0
 
     def best_above(self, candidate: str, threshold: float) -> tuple[int, float] | None:
-        """``(position, F1)`` of the best indexed text when its F1 > ``threshold``, else None.
+        """``(position, F1)`` of the best indexed text if its F1 > ``threshold``, else None.
 
         Ties go to the lower position. Costs about what ``exceeds`` costs.
         """
@@ -511,38 +704,44 @@ class RougeLIndex:
         return None if pos < 0 else (pos, f1)
 
     def top_k(self, candidate: str, k: int = 10) -> list[tuple[int, float]]:
-        """The ``k`` indexed texts most similar to ``candidate``: ``(position, F1)``, best first,
-        ties broken by lower position."""
+        """The ``k`` indexed texts most similar to ``candidate`` as ``(position, F1)``, best
+        first, ties broken by lower position."""
         return self._top_k_q(self._query(candidate), k)
 
     def scores(self, candidate: str) -> np.ndarray:
         """F1 between ``candidate`` and every indexed text, in position order (float64)."""
         return self._scores_q(self._query(candidate))
 
-    # ---- batches -----------------------------------------------------------------------
-
     def max_scores(self, candidates: Iterable[str]) -> np.ndarray:
         """``max_score`` of each candidate (float64 array)."""
         return np.array([self.max_score(c) for c in candidates], dtype=np.float64)
 
     def exceeds_many(self, candidates: Iterable[str], threshold: float) -> list[bool]:
-        """``exceeds`` of each candidate against the current index (candidates are not added)."""
-        return [self.exceeds(c, threshold) for c in candidates]
+        """``exceeds`` of each candidate against the index as it is (none of them is added)."""
+        _check_threshold(threshold)
+        queries = [self._encode_tokens(tokenize(c, stem=self._stem)) for c in candidates]
+        if threshold < 0:
+            return [bool(self._texts)] * len(queries)
+        out = [False] * len(queries)
+        qn, _, _ = self._probe_block(queries, threshold)
+        for i in np.unique(qn).tolist():
+            out[i] = True
+        return out
 
-    def scores_many(self, candidates: Sequence[str]) -> np.ndarray:
-        """F1 of each candidate (rows) to every indexed text (columns); one batched LCS pass."""
-        cands = list(candidates)
+    def scores_many(self, candidates: Iterable[str]) -> np.ndarray:
+        """F1 of each candidate (rows) to every indexed text (columns), in one batched LCS
+        pass: the fastest way to score many candidates against everything."""
+        queries = [self._encode_tokens(tokenize(c, stem=self._stem)) for c in candidates]
         n = len(self._texts)
-        out = np.zeros((len(cands), n), dtype=np.float64)
-        if not cands or n == 0:
+        out = np.zeros((len(queries), n), dtype=np.float64)
+        if not queries or n == 0:
             return out
-        queries = [self._encode_tokens(tokenize(c, stem=self._stem)) for c in cands]
         lcs = process.cdist(
             [q.code for q in queries],
             self._codes,
             scorer=LCSseq.similarity,
             dtype=np.int32,
-            workers=self._cdist_workers(len(cands) * n),
+            workers=self._cdist_workers(len(queries) * n),
         )
         lens = self._lens_view()
         for row, q in enumerate(queries):
@@ -563,11 +762,12 @@ def _check_threshold(threshold: float) -> None:
 class DedupResult:
     """Outcome of :func:`greedy_dedup`.
 
-    ``kept`` and ``dropped`` are indices into the input texts, ascending. For each dropped text,
-    ``dropped_scores[i]`` is its highest F1 with an earlier kept (or initial) text and
-    ``dropped_match[i]`` that text: an index into the input texts, or ``-1 - j`` for the j-th
-    ``initial`` text. ``max_scores``, when asked for with ``score_floor``, holds every text's
-    highest F1 with the texts kept before it, or ``nan`` where it is <= the floor.
+    ``kept`` and ``dropped`` are ascending indices into the input texts. For the i-th dropped
+    text, ``dropped_scores[i]`` is its highest F1 with a text kept before it (or an ``initial``
+    text) and ``dropped_match[i]`` that text: an index into the input texts, or ``-1 - j`` for
+    the j-th ``initial`` text (ties go to the earliest). ``max_scores``, filled only when
+    :func:`greedy_dedup` is given ``score_floor``, holds every input text's highest F1 with the
+    texts kept before it, or ``nan`` where that is <= the floor.
     """
 
     threshold: float
@@ -582,6 +782,82 @@ class DedupResult:
         return len(self.kept) + len(self.dropped)
 
 
+def _pairs_within(
+    queries: Sequence[_Query],
+    plans: Sequence[tuple[list[int], int] | None],
+    threshold: float,
+    workers: int,
+) -> dict[int, list[tuple[int, float]]]:
+    """Pairs j < i of ``queries`` with F1 > threshold >= 0, as ``{i: [(j, F1), ...]}``, j
+    ascending. Queries must be complete (every token with its own id); ``plans`` as made by
+    ``RougeLIndex._plan`` for them (any ``n_probe`` occurrences will do)."""
+    n_q = len(queries)
+    if n_q < 2:
+        return {}
+    elem_counts = [len(q.elems) for q in queries]
+    all_elems = np.fromiter(
+        (e for q in queries for e in q.elems), dtype=np.int64, count=sum(elem_counts)
+    )
+    if all_elems.size == 0:
+        return {}
+    distinct, dense = np.unique(all_elems, return_inverse=True)
+    # Sorted (element, query) keys: the postings of the block, all in one array.
+    post = np.sort(dense.astype(np.int64) * n_q + np.repeat(np.arange(n_q), elem_counts))
+    probe_e: list[int] = []
+    probe_i: list[int] = []
+    ms = np.fromiter((q.m for q in queries), dtype=np.int64, count=n_q)
+    rests = np.zeros(n_q, dtype=np.int64)
+    for i, plan in enumerate(plans):
+        if plan is None or i == 0:
+            continue
+        probe, rests[i] = plan
+        probe_e.extend(probe)
+        probe_i.extend([i] * len(probe))
+    if not probe_e:
+        return {}
+    pi = np.asarray(probe_i, dtype=np.int64)
+    base = np.searchsorted(distinct, np.asarray(probe_e, dtype=np.int64)) * n_q
+    lo = np.searchsorted(post, base)
+    hi = np.searchsorted(post, base + pi)  # holders j < i only
+    width = hi - lo
+    total = int(width.sum())
+    if total == 0:
+        return {}
+    ends = np.cumsum(width)
+    idx = np.arange(total) + np.repeat(lo - (ends - width), width)
+    keys = np.repeat(pi * n_q, width) + post[idx] % n_q
+    keys, hits = _run_counts(keys)
+    ii, jj = np.divmod(keys, n_q)
+    mi, mj = ms[ii], ms[jj]
+    ub = np.minimum(np.minimum(mi, mj), hits + rests[ii])
+    keep = 2.0 * ub > (threshold - _SLACK) * (mi + mj)
+    ii, jj, mi, mj = ii[keep], jj[keep], mi[keep], mj[keep]
+    out: dict[int, list[tuple[int, float]]] = {}
+    if ii.size == 0:
+        return out
+    il, jl = ii.tolist(), jj.tolist()
+    lcs = _lcs_pairs([queries[i].code for i in il], [queries[j].code for j in jl], workers)
+    f1 = _f1_array(lcs, mi, mj)
+    for k in np.flatnonzero(f1 > threshold).tolist():  # keys ascend: j ascends within each i
+        out.setdefault(il[k], []).append((jl[k], float(f1[k])))
+    return out
+
+
+def _decide(result: DedupResult, i: int, best: float, match: int | None) -> bool:
+    """Record text i as kept or dropped; ``best`` is its highest F1 above the probe threshold
+    with a kept text and ``match`` that text (None when no kept text is above)."""
+    keep = match is None or best <= result.threshold
+    if keep:
+        result.kept.append(i)
+    else:
+        result.dropped.append(i)
+        result.dropped_scores.append(best)
+        result.dropped_match.append(match)
+    if result.max_scores is not None:
+        result.max_scores.append(math.nan if match is None else best)
+    return keep
+
+
 def greedy_dedup(
     texts: Iterable[str],
     threshold: float = 0.7,
@@ -590,15 +866,18 @@ def greedy_dedup(
     stem: bool = False,
     progress: Callable[[int], None] | None = None,
     score_floor: float | None = None,
-    progress_every: int = 1000,
+    block_size: int = 1024,
+    workers: int | None = None,
 ) -> DedupResult:
     """Keep, in order, each text whose ROUGE-L F1 to every kept text (and to every ``initial``
-    text) is <= ``threshold``.
+    text) is <= ``threshold``; the same outcome as comparing each text with rouge-score to
+    every text kept before it.
 
-    ``progress(n_done)`` is called every ``progress_every`` texts and once at the end. With
-    ``score_floor`` (e.g. 0.5, must be <= threshold) the result also carries every text's highest
-    F1 with the texts kept before it whenever that is above the floor (for a histogram); it costs
-    a wider search.
+    Texts go in blocks of ``block_size``: a block is compared in one batched pass with the kept
+    texts and with itself, then its texts are kept or dropped in order. ``progress(n_done)`` is
+    called after each block. With ``score_floor`` (<= threshold, e.g. 0.5) the result also
+    holds each text's highest F1 with the texts kept before it wherever that is above the
+    floor, at the cost of a wider search.
     """
     _check_threshold(threshold)
     if score_floor is not None and not score_floor <= threshold:
@@ -607,9 +886,9 @@ def greedy_dedup(
     initial = list(initial)
     tok_texts = [tokenize(t, stem=stem) for t in texts]
     tok_init = [tokenize(t, stem=stem) for t in initial]
-    index = RougeLIndex(stem=stem)
+    index = RougeLIndex(stem=stem, workers=workers)
     index._seed_vocabulary(tok_init + tok_texts)
-    owner: list[int] = []  # index position -> input index (>= 0) or -1 - j for initial j
+    owner: list[int] = []  # index position -> input index, or -1 - j for initial text j
     for j, (text, tokens) in enumerate(zip(initial, tok_init, strict=True)):
         index._add_tokens(text, tokens)
         owner.append(-1 - j)
@@ -617,21 +896,46 @@ def greedy_dedup(
     if score_floor is not None:
         result.max_scores = []
     probe_at = threshold if score_floor is None else score_floor
-    for i, (text, tokens) in enumerate(zip(texts, tok_texts, strict=True)):
-        q = index._encode_tokens(tokens)
-        best, pos = index._probe(q, probe_at, first_only=False)
-        if pos >= 0 and best > threshold:
-            result.dropped.append(i)
-            result.dropped_scores.append(best)
-            result.dropped_match.append(owner[pos])
-        else:
-            result.kept.append(i)
-            index._add_tokens(text, tokens)
-            owner.append(i)
-        if result.max_scores is not None:
-            result.max_scores.append(best if pos >= 0 else math.nan)
-        if progress is not None and (i + 1) % progress_every == 0:
-            progress(i + 1)
-    if progress is not None and len(texts) % progress_every:
-        progress(len(texts))
+    if probe_at < 0:
+        # Every pair is above a negative threshold: nothing to prune, and every text after
+        # the first kept one is dropped.
+        for i, (text, tokens) in enumerate(zip(texts, tok_texts, strict=True)):
+            best, pos = index._probe(index._encode_tokens(tokens), probe_at, first_only=False)
+            if _decide(result, i, best, None if pos < 0 else owner[pos]):
+                index._add_tokens(text, tokens)
+                owner.append(i)
+            if progress is not None:
+                progress(i + 1)
+        return result
+    queries = [index._encode_tokens(tokens) for tokens in tok_texts]
+    block_size = max(1, block_size)
+    for start in range(0, len(texts), block_size):
+        block = queries[start : start + block_size]
+        plans = [index._plan(q, probe_at) for q in block]
+        qn, pos, f1 = index._probe_block(block, probe_at, plans)
+        best_f = [-1.0] * len(block)
+        best_o: list[int | None] = [None] * len(block)
+        if qn.size:
+            # Best per query, ties to the lowest position (rows come by query, position).
+            order = np.lexsort((pos, -f1, qn))
+            sq = qn[order]
+            heads = order[np.flatnonzero(np.concatenate(([True], sq[1:] != sq[:-1])))]
+            rows = zip(qn[heads].tolist(), pos[heads].tolist(), f1[heads].tolist(), strict=True)
+            for b, p, f in rows:
+                best_f[b] = f
+                best_o[b] = owner[p]
+        within = _pairs_within(block, plans, probe_at, index._cdist_workers(1 << 20))
+        kept_here: list[bool] = []
+        for b in range(len(block)):
+            bf, bo = best_f[b], best_o[b]
+            for j, f in within.get(b, ()):
+                if kept_here[j] and f > bf:  # kept texts before the block win ties
+                    bf, bo = f, start + j
+            kept_here.append(_decide(result, start + b, bf, bo))
+        for b, q in enumerate(block):
+            if kept_here[b]:
+                index._add_encoded(texts[start + b], q)
+                owner.append(start + b)
+        if progress is not None:
+            progress(start + len(block))
     return result

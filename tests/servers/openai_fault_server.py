@@ -352,7 +352,9 @@ class ContentGenerator:
 
     def instances_output_first(self, rng: random.Random) -> str:
         labels = rng.choice(_LABEL_SETS)
-        return "".join(f"Class label: {label}\nSentence: {self.sentence(rng)}\n" for label in labels)
+        return "".join(
+            f"Class label: {label}\nSentence: {self.sentence(rng)}\n" for label in labels
+        )
 
     def answer(self, prompt: str, rng: random.Random, config: FaultConfig) -> str:
         """The model's continuation of `prompt` (before stop sequences and max_tokens)."""
@@ -402,7 +404,9 @@ def _error_body(status: int, message: str | None = None, code: str | None = None
 
 
 class _RequestError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, fault: str = "bad"):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, fault: str = "bad_request"
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.fault = status, message, code, fault
 
@@ -487,12 +491,8 @@ class FaultServerApp:
                 self._log(seq, endpoint, 200, fault, [])
                 broken = b'{"id": "cmpl-broken", "object": "text_completion", "choices": [{"te'
                 return self._web.Response(body=broken, content_type="application/json")
-            payload, texts = self._answer(body, endpoint, seq)
-            if fault == "empty_choices":
-                payload["choices"] = []
-                payload["usage"]["completion_tokens"] = 0
-                payload["usage"]["total_tokens"] = payload["usage"]["prompt_tokens"]
-                texts = []
+            # an empty answer generates nothing, so a retry gets what this request would have
+            payload, texts = self._answer(body, endpoint, seq, generate=fault != "empty_choices")
             self._log(seq, endpoint, 200, fault, texts)
             return self._web.Response(
                 body=json.dumps(payload).encode(),
@@ -576,7 +576,9 @@ class FaultServerApp:
             prompt = body.get("prompt")
             if isinstance(prompt, str):
                 prompt = [prompt]
-            if not (isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt)):
+            if not (
+                isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt)
+            ):
                 raise _RequestError(400, "prompt must be a string or a non-empty list of strings")
             body["prompt"] = prompt
         else:
@@ -593,13 +595,19 @@ class FaultServerApp:
             body["stop"] = [stop]
         elif not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
             raise _RequestError(400, "stop must be a string or a list of strings")
+        for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+            v = body.get(name)
+            if v is not None and (not isinstance(v, int | float) or isinstance(v, bool)):
+                raise _RequestError(400, f"{name} must be a number")
         for name in ("max_tokens", "max_completion_tokens", "n"):
             v = body.get(name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                 raise _RequestError(400, f"{name} must be a non-negative integer")
         return body
 
-    def _answer(self, body: dict, endpoint: str, seq: int) -> tuple[dict, list[str]]:
+    def _answer(
+        self, body: dict, endpoint: str, seq: int, generate: bool = True
+    ) -> tuple[dict, list[str]]:
         cfg = self.config
         n = body.get("n") or 1
         temperature = body.get("temperature")
@@ -616,7 +624,7 @@ class FaultServerApp:
         prompt_tokens = completion_tokens = 0
         for prompt in prompts:
             prompt_tokens += _words(prompt)
-            for j in range(n):
+            for j in range(n if generate else 0):
                 key = hashlib.blake2b(
                     f"{cfg.seed}\0{endpoint}\0{request_seed}\0{j}\0{prompt}".encode(),
                     digest_size=16,
@@ -645,8 +653,6 @@ class FaultServerApp:
                     choices.append(
                         {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
                     )
-        if not chat:
-            prompt_tokens *= n
         request_id = hashlib.blake2b(f"{cfg.seed}:{seq}".encode(), digest_size=12).hexdigest()
         payload = {
             "id": ("chatcmpl-" if chat else "cmpl-") + request_id,
@@ -724,6 +730,26 @@ async def serve(
         await runner.cleanup()
 
 
+_HELP = {
+    "seed": "seed of content and fault draws",
+    "latency": "seconds added to every generation answer",
+    "latency_jitter": "extra uniform random delay, up to this many seconds",
+    "rate_429": "share of requests answered 429 with Retry-After",
+    "retry_after": "Retry-After seconds of a 429 (fractional allowed)",
+    "rate_500": "share answered 500",
+    "rate_503": "share answered 503",
+    "rate_hang": "share that hang for --hang-seconds, then answer (or end on disconnect)",
+    "hang_seconds": "length of a hang",
+    "rate_malformed": "share answered 200 with a body that is not JSON",
+    "rate_empty_choices": 'share answered 200 with "choices": []',
+    "fail_first": "fail the first N generation requests with --fail-status",
+    "n_instructions": "new instructions per bootstrap answer",
+    "classification_ratio": 'share of tasks answered " Yes" to "Is it classification?"',
+    "copy_rate": "chance a bootstrap answer repeats one of the prompt's instructions",
+    "default_max_tokens": "max_tokens of a /v1/completions request that omits it",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tests.servers.openai_fault_server",
@@ -739,7 +765,12 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if f.name == "vary_repeats":
-            p.add_argument("--no-vary-repeats", dest=f.name, action="store_false")
+            p.add_argument(
+                "--no-vary-repeats",
+                dest=f.name,
+                action="store_false",
+                help="answer a repeated identical request identically even at temperature > 0",
+            )
         elif f.name == "models":
             p.add_argument(flag, default="", help="comma-separated accepted model names")
         elif f.name == "api_key":
@@ -747,7 +778,13 @@ def _parser() -> argparse.ArgumentParser:
         elif f.name == "fail_status":
             p.add_argument(flag, default=default, help=f"HTTP status or one of {FAULT_KINDS}")
         else:
-            p.add_argument(flag, type=type(default), default=default, metavar=f.name.upper())
+            p.add_argument(
+                flag,
+                type=type(default),
+                default=default,
+                metavar=type(default).__name__.upper(),
+                help=f"{_HELP.get(f.name, '')} (default {default})",
+            )
     return p
 
 

@@ -22,6 +22,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # OpenAI's completions endpoint takes a list of prompts; some servers (Ollama) take only one,
 # which `?batch=1` in the spec selects.
 DEFAULT_COMPLETIONS_BATCH = 20
+_NO_LIST_STATUS = (400, 422, 500)
 _FATAL_STATUS = {
     400: "bad request",
     401: "refused the API key",
@@ -30,6 +31,30 @@ _FATAL_STATUS = {
     413: "request too large",
     422: "unprocessable request",
 }
+
+
+class _LoopHttpClient(openai.DefaultAsyncHttpxClient):
+    """The SDK's HTTP client, closed only on the event loop it was made on.
+
+    The SDK closes an HTTP client left open from `__del__`, on whatever loop is running then. A
+    client dropped because its step's loop has finished would be closed on the next step's loop,
+    which fails ("Event loop is closed") and prints a traceback; its connections died with their
+    loop, and their sockets are released when the transports are collected.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._loop = asyncio.get_running_loop()
+
+    def __del__(self) -> None:
+        if self.is_closed:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is getattr(self, "_loop", None):
+            running.create_task(self.aclose())
 
 
 class OpenAIModel(Model):
@@ -75,7 +100,11 @@ class OpenAIModel(Model):
         if client is None:
             self._clients.clear()
             client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self._key, timeout=self._timeout, max_retries=0
+                base_url=self.base_url,
+                api_key=self._key,
+                timeout=self._timeout,
+                max_retries=0,
+                http_client=_LoopHttpClient(timeout=self._timeout),
             )
             self._clients[loop_id] = client
         return client
@@ -164,6 +193,23 @@ class OpenAIModel(Model):
             ) from None
 
     async def _completions(self, prompts: list[str], params: dict[str, Any]) -> list[Completion]:
+        if len(prompts) > 1 and self.max_batch > 1:
+            try:
+                return await self._completions_call(prompts, params)
+            except openai.APIStatusError as e:
+                if e.status_code not in _NO_LIST_STATUS:
+                    raise
+                # Some servers (llama.cpp's, Ollama) refuse a list of prompts: send them one by
+                # one from now on, this request included.
+                self.max_batch = 1
+        if len(prompts) == 1:
+            return await self._completions_call(prompts, params)
+        results = await asyncio.gather(*(self._completions_call([p], params) for p in prompts))
+        return [r[0] for r in results]
+
+    async def _completions_call(
+        self, prompts: list[str], params: dict[str, Any]
+    ) -> list[Completion]:
         response = await self._client.completions.create(
             prompt=prompts if len(prompts) > 1 else prompts[0], **params
         )
@@ -232,9 +278,12 @@ class OpenAIModel(Model):
         return ModelError(f"{self.base_url}: {what}: {detail}{hint}")
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.close()
+        # Only this loop's client can be closed here; one made on an earlier, finished loop
+        # has had its connections torn down with that loop.
+        client = self._clients.pop(id(asyncio.get_running_loop()), None)
         self._clients.clear()
+        if client is not None:
+            await client.close()
 
 
 def _retry_after(response: Any) -> float | None:

@@ -81,7 +81,7 @@ def _read(path: Path) -> tuple[list[SeedTask], list[SeedProblem]]:
 
 def _read_plain_lines(shown: str, text: str) -> tuple[list[SeedTask], list[SeedProblem]]:
     tasks: list[SeedTask] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for line in text.splitlines():
         instruction = line.strip()
         if instruction:
             tasks.append(_plain_task(len(tasks), instruction, False))

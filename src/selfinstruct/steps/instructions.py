@@ -15,8 +15,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfinstruct.similarity import RougeLIndex
-
 from selfinstruct.engine import WAIT, Engine, Request, RequestFailed, run_sync
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
@@ -24,6 +22,7 @@ from selfinstruct.io import JsonlAppender, read_jsonl
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.prompts import bootstrap_prompt
 from selfinstruct.records import INSTRUCTIONS_FILE, MachineInstruction, SeedTask
+from selfinstruct.similarity import RougeLIndex
 from selfinstruct.steps import StepContext, StepReport, response_metadata
 from selfinstruct.steps.parsing import capitalize_first, split_numbered_list
 
@@ -47,6 +46,9 @@ class InstructionSettings:
     similarity_threshold: float = 0.7
     lowercase_rest: bool = False  # reproduce str.capitalize() of the original script
     seed: int = 42
+    # Stop (incomplete, resumable) after this many answers in a row add nothing to the pool:
+    # a model that only repeats itself would otherwise be asked forever.
+    max_stalled_requests: int = 200
     sampling: Sampling = field(default_factory=lambda: PAPER_SAMPLING)
 
 
@@ -85,6 +87,7 @@ def generate_instructions(
     rng = random.Random(f"{s.seed}:{resumed}:{request_idx}")
     dropped: Counter[str] = Counter()
     in_flight_prompts = 0
+    stalled = 0
     per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
 
     def make_prompt() -> str:
@@ -96,6 +99,8 @@ def generate_instructions(
     def next_request() -> Request | None:
         nonlocal request_idx, in_flight_prompts
         still_needed = s.num_instructions - len(machine)
+        if stalled >= s.max_stalled_requests:
+            return None
         # Enough prompts in flight to finish (at least one candidate each is expected): wait.
         if still_needed <= 0 or in_flight_prompts >= still_needed:
             return None if still_needed <= 0 else WAIT
@@ -111,8 +116,9 @@ def generate_instructions(
     ):
 
         def on_result(request: Request, completions: list[Completion]) -> None:
-            nonlocal in_flight_prompts
+            nonlocal in_flight_prompts, stalled
             in_flight_prompts -= len(request.prompts)
+            pool_before = len(machine)
             for prompt, completion in zip(request.prompts, completions, strict=True):
                 candidates = split_numbered_list(completion.text)
                 if completion.finish_reason == "length":
@@ -144,6 +150,7 @@ def generate_instructions(
                     index.add(candidate)
                     machine.append(candidate)
                     bar.advance()
+            stalled = 0 if len(machine) > pool_before else stalled + 1
             bar.note(dropped)
 
         def on_failure(request: Request, failure: RequestFailed) -> None:
@@ -163,6 +170,12 @@ def generate_instructions(
     }
     report.dropped = dict(dropped)
     report.complete = len(machine) >= s.num_instructions
+    if stalled >= s.max_stalled_requests:
+        report.counts["stalled_requests"] = stalled
+        ctx.reporter.warn(
+            f"instructions: the last {stalled} answers added nothing new to the pool; stopped"
+            " (try another model, a higher temperature or more varied seed tasks)"
+        )
     return report
 
 

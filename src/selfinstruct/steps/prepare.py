@@ -177,7 +177,7 @@ def encode(instance: Triple, rng: random.Random, end_token: str = END_TOKEN) -> 
 
 
 def vary_input(inp: str, rng: random.Random) -> str:
-    """Half the time, drop a lone field name ("Sentence: ...") and fold blank lines, as the paper."""
+    """Half the time, drop a lone field name ("Sentence: ...") and fold blank lines (the paper)."""
     if rng.random() < 0.5:
         if len(set(_FIELD_NAME.findall(inp))) == 1:
             inp = inp.split(":", 1)[1].strip()
