@@ -29,7 +29,7 @@ class SeedProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}"
+        where = f"{self.path}:{self.line}" if self.line else self.path
         if self.field:
             where += f": field '{self.field}'"
         return f"{where}: {self.message}"

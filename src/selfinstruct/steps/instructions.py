@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from selfinstruct.engine import WAIT, Engine, Request, RequestFailed, run_sync
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
@@ -182,14 +184,13 @@ def generate_instructions(
 def _accept(
     index: RougeLIndex, candidate: str, metadata: dict, request_idx: int
 ) -> MachineInstruction:
-    scores = index.scores(candidate)
-    top = index.top_k(candidate, 10)
-    n = len(scores)
-    average = float(sum(scores) / n) if n else 0.0
+    scores = np.asarray(index.scores(candidate), dtype=float)
+    # The 10 most similar, best first; ties go to the earlier instruction, as top_k does.
+    order = np.lexsort((np.arange(len(scores)), -scores))[:10]
     return MachineInstruction(
         instruction=candidate,
-        most_similar={index.text(pos): float(score) for pos, score in top},
-        avg_similarity_score=average,
+        most_similar={index.text(int(i)): float(scores[i]) for i in order},
+        avg_similarity_score=float(scores.mean()) if len(scores) else 0.0,
         metadata=metadata,
         request_idx=request_idx,
     )
