@@ -11,13 +11,19 @@ level lasts about `window` seconds when it keeps up), then reports:
 * speed-up over concurrency 1 (the sequential baseline), in requests per second (the work the
   engine does; acceptance per request falls as a pool grows, and the faster levels grow theirs
   further in the same window), and the target: 0.8 x c up to 16, 0.6 x c at 64;
-* this process's CPU time (time.process_time: engine, step, openai client, HTTP) per request.
+* this process's CPU time (time.process_time: engine, step, openai client, HTTP) per request,
+  and its CPU use (CPU seconds per wall second: 100 % is one whole core, the most one Python
+  process's event loop can use).
 
-Then it separates the costs with in-process fake models that answer at once (no HTTP):
+Then it separates the costs per request:
 
-* the engine alone: trivial requests through `Engine.run`;
-* step 1 without HTTP: the same step with a model replaying pre-made server answers, so the
-  figure holds prompt building, parsing, the ROUGE-L filter and the JSONL writes but no client;
+* the engine alone: trivial requests through `Engine.run` to a fake model that answers at once;
+* the engine and the openai client, no step work: the top level's concurrency against the same
+  server, one fixed prompt, results thrown away;
+* step 1 without HTTP: the same step, as many requests as the top level, with a fake model
+  replaying pre-made server answers at once: prompt building, parsing, the ROUGE-L filter, the
+  similarity figures stored with each record (`most_similar`, `avg_similarity_score`: scored
+  against the whole pool) and the JSONL writes, but no client;
 
 and measures how step 1 holds up as the pool grows: concurrency 16 from a pre-filled pool of
 5K and 20K instructions (made by the server's own generator and deduplicated at ROUGE-L 0.7, so
@@ -27,8 +33,8 @@ instruction once the pool is loaded.
 The baseline figures of ANCHORS.md (the original scripts and distilabel, measured on this kind
 of machine against the same kind of server) are printed beside ours.
 
-    .venv/bin/python benchmarks/bench_throughput.py            # about 3 minutes
-    .venv/bin/python benchmarks/bench_throughput.py --quick    # about 1 minute
+    .venv/bin/python benchmarks/bench_throughput.py            # about 2.5 minutes
+    .venv/bin/python benchmarks/bench_throughput.py --quick    # about 1.5 minutes
 
 All traffic goes to 127.0.0.1. Linux or macOS.
 """
@@ -51,11 +57,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfinstruct.engine import Engine, EngineSettings, Request  # noqa: E402
 from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling  # noqa: E402
 from selfinstruct.models.openai import OpenAIModel  # noqa: E402
+from selfinstruct.prompts import bootstrap_prompt  # noqa: E402
 from selfinstruct.records import INSTRUCTIONS_FILE  # noqa: E402
 from selfinstruct.seeds import default as default_seeds  # noqa: E402
 from selfinstruct.similarity import greedy_dedup  # noqa: E402
 from selfinstruct.steps import StepContext  # noqa: E402
 from selfinstruct.steps.instructions import (  # noqa: E402
+    PAPER_SAMPLING,
     InstructionSettings,
     generate_instructions,
 )
@@ -182,6 +190,24 @@ def engine_alone(n: int, concurrency: int) -> tuple[float, float]:
     return cpu / n, wall / n
 
 
+def engine_with_client(base_url: str, n: int, concurrency: int, seeds: list[str]) -> float:
+    """CPU seconds per request of the engine driving the openai client, with no step work."""
+    model = OpenAIModel("bench", api="chat", base_url=base_url, api_key="bench", timeout=60)
+    prompt = bootstrap_prompt(seeds[:8])
+    requests = [Request([prompt], PAPER_SAMPLING, key=i) for i in range(n)]
+    engine = Engine(model, EngineSettings(concurrency=concurrency))
+
+    async def go() -> None:
+        await engine.run(requests, lambda r, c: None)
+        await model.aclose()
+
+    cpu0 = time.process_time()
+    asyncio.run(go())
+    cpu = time.process_time() - cpu0
+    assert engine.stats.succeeded == n
+    return cpu / n
+
+
 def server_answers(n: int, seed: int) -> list[str]:
     """Bootstrap answers as the server makes them (5 new instructions continuing "9.")."""
     content = ContentGenerator(seed)
@@ -246,9 +272,9 @@ def write_pool(out_dir: Path, pool: list[str]) -> None:
 def print_table(levels: list[Level], base: Level) -> bool:
     print(
         "| concurrency | requests | instr accepted | instr/min | req/s | ideal req/s "
-        "| speed-up | target | pass | CPU ms/req |"
+        "| speed-up | target | pass | CPU ms/req | CPU use |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
     ok = True
     for lv in levels:
         speedup = lv.rps / base.rps
@@ -258,7 +284,8 @@ def print_table(levels: list[Level], base: Level) -> bool:
         print(
             f"| {lv.concurrency} | {lv.requests:,} | {lv.accepted:,} | {lv.per_minute:,.0f} "
             f"| {lv.rps:.1f} | {lv.concurrency / LATENCY:.1f} | {speedup:.1f}x "
-            f"| {target:.1f}x | {'pass' if passed else 'FAIL'} | {lv.cpu_ms_per_request:.2f} |"
+            f"| {target:.1f}x | {'pass' if passed else 'FAIL'} | {lv.cpu_ms_per_request:.2f} "
+            f"| {100 * lv.cpu / lv.wall:.0f} % |"
         )
     return ok
 
@@ -309,8 +336,12 @@ def main() -> int:
                     f"{level.wall:.1f} s, {level.accepted} accepted",
                     flush=True,
                 )
+            top = levels[-1]
+            n_client = round(window / 2 * top.concurrency / LATENCY)
+            client_cpu = engine_with_client(server.base_url, n_client, top.concurrency, seed_texts)
         alone_cpu, alone_wall = engine_alone(20_000, 64)
-        no_http = step_without_http(root / "nohttp", 3_000, 64, seeds)
+        # The same requests as the top level, so that the pool grows as much.
+        no_http = step_without_http(root / "nohttp", top.requests, top.concurrency, seeds)
 
     base = next((lv for lv in levels if lv.concurrency == 1), levels[0])
     print()
@@ -335,22 +366,24 @@ def main() -> int:
     print()
     print("Where the CPU goes, per request (in-process models that answer at once):")
     print()
-    full = next((lv for lv in levels if lv.concurrency == 64), levels[-1])
+    full = levels[-1]
+    c = full.concurrency
     print("| what | CPU per request |")
     print("|---|---:|")
-    print(f"| engine alone (Engine.run, c=64, 20,000 requests) | {1e6 * alone_cpu:.0f} us |")
+    what = "engine alone (Engine.run, fake model, c=64, 20,000 requests)"
+    print(f"| {what} | {1e3 * alone_cpu:.3f} ms |")
     print(
-        f"| step 1 without HTTP (c=64, {no_http.requests:,} requests, "
-        f"{no_http.accepted:,} accepted: prompts, parsing, ROUGE-L, writes) "
-        f"| {no_http.cpu_ms_per_request:.2f} ms |"
+        f"| engine + openai client + HTTP, no step work (c={c}, {n_client:,} requests) "
+        f"| {1e3 * client_cpu:.2f} ms |"
     )
     print(
-        f"| step 1 through the openai client and HTTP (c={full.concurrency} above) "
+        f"| step 1 without HTTP (fake model replaying server answers; c={c}, "
+        f"{no_http.requests:,} requests, {no_http.accepted:,} accepted: prompts, parsing, "
+        f"ROUGE-L filter and scores, writes) | {no_http.cpu_ms_per_request:.2f} ms |"
+    )
+    print(
+        f"| step 1 through the openai client and HTTP (the c={c} level above) "
         f"| {full.cpu_ms_per_request:.2f} ms |"
-    )
-    print(
-        f"| so: the openai client and HTTP | "
-        f"{full.cpu_ms_per_request - no_http.cpu_ms_per_request:.2f} ms |"
     )
     print()
     print("Baselines (ANCHORS.md, same kind of machine and server):")

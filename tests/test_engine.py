@@ -194,9 +194,7 @@ def test_backoff_is_exponential_full_jitter_capped_and_actually_waited():
     model = FakeModel(fail_first(5, "503"))
     delays: list[float] = []
     settings = EngineSettings(concurrency=1, max_attempts=6, backoff_base=0.01, backoff_max=0.04)
-    engine = Engine(
-        model, settings, on_retry=lambda r, e, d: delays.append(d), jitter_seed=3
-    )
+    engine = Engine(model, settings, on_retry=lambda r, e, d: delays.append(d), jitter_seed=3)
     stats, got = drive(engine, requests(1))
     assert len(got.results) == 1 and stats.retries == Counter({"503": 5})
     ceilings = [0.01, 0.02, 0.04, 0.04, 0.04]

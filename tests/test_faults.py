@@ -273,7 +273,9 @@ def test_step_one_on_either_api(tmp_path, api):
         entries = generation_log(server)
     assert report.complete and report.engine.requests == len(entries)
     check_instructions(tmp_path, 30, entries)
-    assert {e["endpoint"] for e in entries} == {f"/v1/{'chat/' if api == 'chat' else ''}completions"}
+    assert {e["endpoint"] for e in entries} == {
+        f"/v1/{'chat/' if api == 'chat' else ''}completions"
+    }
     sizes = {len(e["texts"]) for e in entries}
     assert sizes == ({5} if api == "completions" else {1})
 
@@ -353,9 +355,7 @@ def test_server_refusing_list_prompts_gets_one_prompt_per_request(tmp_path, stat
         running_fault_server(seed=4, latency=0.01) as server,
         _NoListProxy(server.base_url, status) as proxy,
     ):
-        model = OpenAIModel(
-            "m", api="completions", base_url=proxy.base_url, api_key="k", timeout=5
-        )
+        model = OpenAIModel("m", api="completions", base_url=proxy.base_url, api_key="k", timeout=5)
         assert model.max_batch > 1
         ctx = StepContext(model=model, engine=EngineSettings(concurrency=1))
         settings = InstructionSettings(num_instructions=40, request_batch_size=5)

@@ -16,6 +16,11 @@ Speed comes from three things:
   that share one of the candidate's rarest tokens (the prefix filter of set-similarity joins:
   a text whose F1 with the candidate exceeds t must share at least ``alpha`` token occurrences
   with it, so it must contain one of any ``m - alpha + 1`` of the candidate's occurrences).
+  The longest posting probed is only read for the narrow band of lengths where one shared
+  occurrence could be enough, and searched otherwise.
+
+``greedy_dedup`` handles texts in blocks: each block is compared with the kept texts, and with
+itself, in a few large numpy and rapidfuzz calls, then kept or dropped in order.
 
 Every decision is taken on the exact F1 computed with rouge-score's own formula; the bounds are
 only used, with a safety margin, to skip pairs that provably cannot matter.
@@ -41,8 +46,9 @@ __all__ = [
     "tokenize",
 ]
 
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
-_VALID_TOKEN = re.compile(r"[a-z0-9]+")
+# rouge-score replaces each run of characters other than a-z0-9 by a space and splits on
+# whitespace: the tokens are exactly the maximal runs of a-z0-9.
+_TOKEN = re.compile(r"[a-z0-9]+")
 
 # Code points a Python str can hold; token ids from here on are stored as lists of ints,
 # which rapidfuzz compares by value, so a str text and a list text still compare correctly.
@@ -99,11 +105,11 @@ def tokenize(text: str, *, stem: bool = False) -> list[str]:
     ``stem=True`` tokens longer than 3 characters go through NLTK's Porter stemmer, then any
     token that is empty or not purely a-z0-9 is dropped (as rouge-score does).
     """
-    tokens = _NON_ALNUM.sub(" ", text.lower()).split()
+    tokens = _TOKEN.findall(text.lower())
     if stem:
         stemmer = _get_stemmer()
         tokens = [stemmer(tok) if len(tok) > 3 else tok for tok in tokens]
-        tokens = [tok for tok in tokens if _VALID_TOKEN.fullmatch(tok)]
+        tokens = [tok for tok in tokens if _TOKEN.fullmatch(tok)]
     return tokens
 
 
@@ -159,14 +165,37 @@ def _f1_array(lcs: np.ndarray, m: int | np.ndarray, lens: np.ndarray) -> np.ndar
     or an array) and texts of ``lens`` tokens; bit-identical to the scalar formula (the same
     IEEE operations in the same order; 0 where a side has no token)."""
     lcs_f = lcs.astype(np.float64)
-    out = np.zeros(lcs_f.shape, dtype=np.float64)
-    m_f = np.asarray(m, dtype=np.float64)
-    lens_f = lens.astype(np.float64)
-    recall = np.divide(lcs_f, lens_f, out=np.zeros_like(lcs_f), where=lens_f > 0)
-    precision = np.divide(lcs_f, m_f, out=np.zeros_like(lcs_f), where=m_f > 0)
-    total = precision + recall
-    np.divide(2 * precision * recall, total, out=out, where=total > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = lcs_f / m
+        recall = np.divide(lcs_f, lens, out=lcs_f)
+        total = precision + recall
+        precision *= 2
+        precision *= recall
+        out = np.divide(precision, total, out=precision)
+    out[~(total > 0)] = 0.0  # no common token, or an empty side (0/0)
     return out
+
+
+_f1_tables: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _f1_lookup(lcs: np.ndarray, m: int, lens: np.ndarray, width: int) -> np.ndarray:
+    """``_f1_array(lcs, m, lens)`` for one m, by table look-up (lens < width): the table holds
+    the very same floating-point results for every (LCS, length) pair."""
+    if (m + 1) * width > 1 << 20:
+        return _f1_array(lcs, m, lens)
+    key = (m, width)
+    table = _f1_tables.get(key)
+    if table is None:
+        grid_l = np.repeat(np.arange(m + 1, dtype=np.int64), width)
+        grid_n = np.tile(np.arange(width, dtype=np.int64), m + 1)
+        table = _f1_array(grid_l, m, grid_n)
+        if len(_f1_tables) >= 256:
+            _f1_tables.clear()
+        _f1_tables[key] = table
+    idx = lcs.astype(np.int64) * width
+    idx += lens
+    return table[idx]
 
 
 def _min_overlap(m: int, threshold: float) -> int:
@@ -302,11 +331,17 @@ def _run_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys[starts], counts
 
 
-def _lcs_pairs(
-    left: Sequence[str | list[int]], right: Sequence[str | list[int]], workers: int
-) -> np.ndarray:
+def _code_array(queries: Sequence[_Query]) -> np.ndarray:
+    """The queries' codes as an object array (cheap to gather from)."""
+    out = np.empty(len(queries), dtype=object)
+    for i, q in enumerate(queries):
+        out[i] = q.code
+    return out
+
+
+def _lcs_pairs(left: np.ndarray, right: np.ndarray, workers: int) -> np.ndarray:
     """LCS length of each (left[i], right[i]) pair."""
-    if not left:
+    if left.size == 0:
         return _EMPTY_I32
     return process.cpdist(left, right, scorer=LCSseq.similarity, dtype=np.int32, workers=workers)
 
@@ -320,7 +355,7 @@ class RougeLIndex:
     or 1 *is* the LCS length).
 
     ``workers`` is passed to rapidfuzz for large batches of LCS computations (``-1``: all
-    cores); ``None`` uses all cores only for batches big enough to pay for the threads.
+    cores); ``None`` (default) computes on one thread.
     """
 
     def __init__(
@@ -330,8 +365,9 @@ class RougeLIndex:
         self._workers = workers
         self._vocab: dict[str, int] = {}
         self._texts: list[str] = []
-        self._codes: list[str | list[int]] = []
+        self._codes = np.empty(64, dtype=object)  # str (or list of ints) per text
         self._lens = np.zeros(64, dtype=np.int32)
+        self._max_len = 0
         self._post = _Postings()
         self._cache_key: str | None = None
         self._cache_val: _Query | None = None
@@ -381,12 +417,16 @@ class RougeLIndex:
             raise ValueError("cannot index a text encoded with tokens unknown to the index")
         pos = len(self._texts)
         self._texts.append(text)
-        self._codes.append(q.code)
         if pos == self._lens.shape[0]:
             grown = np.zeros(pos * 2, dtype=np.int32)
             grown[:pos] = self._lens
             self._lens = grown
+            codes = np.empty(pos * 2, dtype=object)
+            codes[:pos] = self._codes
+            self._codes = codes
         self._lens[pos] = q.m
+        self._max_len = max(self._max_len, q.m)
+        self._codes[pos] = q.code
         add = self._post.add
         for elem in q.elems:
             add(elem, pos)
@@ -427,16 +467,18 @@ class RougeLIndex:
         return self._lens[: len(self._texts)]
 
     def _cdist_workers(self, n_pairs: int) -> int:
-        if self._workers is not None:
+        # Threads did not pay on the shared 2-core machine this was measured on (rapidfuzz
+        # splits one-vs-many work by query row, and the other cores were busy), so one thread
+        # unless asked; ``workers=-1`` helps big batches on an idle multi-core machine.
+        if self._workers is not None and n_pairs >= 50_000:
             return self._workers
-        return -1 if n_pairs >= 200_000 else 1
+        return 1
 
     def _lcs(self, code: str | list[int], positions: np.ndarray) -> np.ndarray:
         """LCS lengths between ``code`` and the indexed texts at ``positions``."""
         if positions.size == 0:
             return _EMPTY_I32
-        codes = self._codes
-        choices = [codes[i] for i in positions.tolist()]
+        choices = self._codes[positions]
         workers = self._cdist_workers(len(choices))
         out = process.cdist(
             [code], choices, scorer=LCSseq.similarity, dtype=np.int32, workers=workers
@@ -576,11 +618,8 @@ class RougeLIndex:
         qn, pos, m, lens = qn[keep], pos[keep], m[keep], lens[keep]
         if qn.size == 0:
             return empty
-        codes = self._codes
         lcs = _lcs_pairs(
-            [queries[i].code for i in qn.tolist()],
-            [codes[j] for j in pos.tolist()],
-            self._cdist_workers(4 * qn.size),
+            _code_array(queries)[qn], self._codes[pos], self._cdist_workers(4 * qn.size)
         )
         f1 = _f1_array(lcs, m, lens)
         sel = f1 > threshold
@@ -638,14 +677,12 @@ class RougeLIndex:
         if n == 0 or q.m == 0:
             return np.zeros(n, dtype=np.float64)
         lens = self._lens_view()
-        lcs = self._overlaps(q)
-        np.minimum(lcs, lens, out=lcs)
-        np.minimum(lcs, q.m, out=lcs)
+        lcs = self._overlaps(q)  # never more than either length
         # An overlap of 0 or 1 is the LCS itself; compute the others.
         todo = np.flatnonzero(lcs >= 2)
         if todo.size:
             lcs[todo] = self._lcs(q.code, todo)
-        return _f1_array(lcs, q.m, lens)
+        return _f1_lookup(lcs, q.m, lens, self._max_len + 1)
 
     def _top_k_q(self, q: _Query, k: int) -> list[tuple[int, float]]:
         n = len(self._texts)
@@ -655,10 +692,9 @@ class RougeLIndex:
         if q.m == 0:
             return [(i, 0.0) for i in range(k)]
         lens = self._lens_view()
-        bound = self._overlaps(q)
-        np.minimum(bound, lens, out=bound)
-        np.minimum(bound, q.m, out=bound)
-        f1 = _f1_array(bound, q.m, lens)  # exact where bound <= 1, an upper bound elsewhere
+        width = self._max_len + 1
+        bound = self._overlaps(q)  # never more than either length
+        f1 = _f1_lookup(bound, q.m, lens, width)  # exact where bound <= 1, else a bound
         unknown = bound >= 2
         todo = np.flatnonzero(unknown)
         if todo.size:
@@ -667,14 +703,14 @@ class RougeLIndex:
                 first = todo[np.argpartition(-f1[todo], batch - 1)[:batch]]
             else:
                 first = todo
-            f1[first] = _f1_array(self._lcs(q.code, first), q.m, lens[first])
+            f1[first] = _f1_lookup(self._lcs(q.code, first), q.m, lens[first], width)
             unknown[first] = False
             # A text still unknown matters only if its bound reaches the k-th best so far.
             known = f1[~unknown]
             kth = np.partition(known, known.size - k)[known.size - k]
             rest = np.flatnonzero(unknown & (f1 >= kth - _SLACK))
             if rest.size:
-                f1[rest] = _f1_array(self._lcs(q.code, rest), q.m, lens[rest])
+                f1[rest] = _f1_lookup(self._lcs(q.code, rest), q.m, lens[rest], width)
                 unknown[rest] = False
             f1[unknown] = -1.0  # below the k-th best: out of the top k
         kth = np.partition(f1, n - k)[n - k]
@@ -737,8 +773,8 @@ class RougeLIndex:
         if not queries or n == 0:
             return out
         lcs = process.cdist(
-            [q.code for q in queries],
-            self._codes,
+            _code_array(queries),
+            self._codes[:n],
             scorer=LCSseq.similarity,
             dtype=np.int32,
             workers=self._cdist_workers(len(queries) * n),
@@ -835,11 +871,13 @@ def _pairs_within(
     out: dict[int, list[tuple[int, float]]] = {}
     if ii.size == 0:
         return out
-    il, jl = ii.tolist(), jj.tolist()
-    lcs = _lcs_pairs([queries[i].code for i in il], [queries[j].code for j in jl], workers)
+    codes = _code_array(queries)
+    lcs = _lcs_pairs(codes[ii], codes[jj], workers)
     f1 = _f1_array(lcs, mi, mj)
-    for k in np.flatnonzero(f1 > threshold).tolist():  # keys ascend: j ascends within each i
-        out.setdefault(il[k], []).append((jl[k], float(f1[k])))
+    sel = np.flatnonzero(f1 > threshold)
+    rows = zip(ii[sel].tolist(), jj[sel].tolist(), f1[sel].tolist(), strict=True)
+    for i, j, f in rows:  # keys ascend: j ascends within each i
+        out.setdefault(i, []).append((j, f))
     return out
 
 

@@ -28,6 +28,7 @@ import platform
 import random
 import resource
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,6 +215,7 @@ def load_base(path: Path, stack: dict[str, Any]) -> tuple[Any, Any]:
     """(tokenizer, model) from one GGUF file, weights dequantised to fp32."""
     torch, transformers = stack["torch"], stack["transformers"]
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     folder, name = str(path.parent), path.name
     try:
         with _cached_tensor_name_map(stack["gguf"]):
@@ -353,6 +355,54 @@ def _supervised_loss(torch: Any, causal_lm: Any, batch: dict[str, Any]) -> tuple
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep]), n
 
 
+class ThreadTuner:
+    """Trains with whichever is faster, one thread or all cores, and checks again now and then.
+
+    On a machine that other work keeps busy, all-cores training can be several times slower
+    than one thread (OpenMP's threads spin waiting for a core); on an idle machine all cores
+    win. Step 1 warms up on one thread, steps 2 and 3 measure each choice; afterwards one step
+    in `probe_every` re-measures the other choice. Speeds are tokens per second, smoothed.
+    """
+
+    def __init__(self, torch: Any, max_threads: int, *, fixed: bool, probe_every: int = 50):
+        self.torch = torch
+        self.choices = [max_threads] if fixed or max_threads <= 1 else [1, max_threads]
+        self.speed: dict[int, float] = {}
+        self.probe_every = probe_every
+        self.current = self.choices[0]
+        self.steps = 0
+        torch.set_num_threads(self.current)
+
+    def _best(self) -> int:
+        return max(self.speed, key=lambda c: self.speed[c])
+
+    def before_step(self) -> None:
+        if len(self.choices) == 1:
+            return
+        n = self.steps
+        if n == 0:
+            wanted = self.choices[0]
+        elif n == 1:
+            wanted = self.choices[1]
+        elif n == 2:
+            wanted = self.choices[0]
+        elif n % self.probe_every == 0:
+            best = self._best()
+            wanted = next(c for c in self.choices if c != best)
+        else:
+            wanted = self._best()
+        if wanted != self.current:
+            self.torch.set_num_threads(wanted)
+            self.current = wanted
+
+    def after_step(self, tokens: int, seconds: float) -> None:
+        if self.steps > 0 and seconds > 0:
+            rate = tokens / seconds
+            old = self.speed.get(self.current)
+            self.speed[self.current] = rate if old is None else 0.5 * old + 0.5 * rate
+        self.steps += 1
+
+
 class _Stop(Exception):
     def __init__(self, reason: str):
         self.reason = reason
@@ -404,7 +454,6 @@ def train_local(
 
     torch.manual_seed(cfg.seed)
     threads = cfg.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
 
     t_load = time.perf_counter()
@@ -440,7 +489,9 @@ def train_local(
             bias="none",
             task_type="CAUSAL_LM",
         )
-        trainable_model = peft.get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            trainable_model = peft.get_peft_model(model, lora)
     causal_lm = trainable_model if cfg.full else trainable_model.get_base_model()
     params = [p for p in trainable_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -494,6 +545,7 @@ def train_local(
             torch, ckpt_path, fingerprint, trainable_model, optimizer, scheduler, progress, cfg
         )
 
+    tuner = ThreadTuner(torch, threads, fixed=cfg.threads is not None)
     if progress["step"] == 0 and not progress["eval"]:
         before = held_out_loss()
         if before is not None:
@@ -515,6 +567,7 @@ def train_local(
                 items = [train_set[i] for i in batch_ids]
                 batch = _collate(torch, items, pad_id)
                 n_tokens = int(batch["attention_mask"].sum())
+                tuner.before_step()
                 t0 = time.perf_counter()
                 with autocast():
                     loss, _ = _supervised_loss(torch, causal_lm, batch)
@@ -524,7 +577,8 @@ def train_local(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 dt = time.perf_counter() - t0
-                value = float(loss)
+                tuner.after_step(n_tokens, dt)
+                value = loss.item()
                 if not math.isfinite(value):
                     raise ModelError(
                         f"the loss became {value} at step {progress['step']}: lower --lr"
@@ -583,7 +637,10 @@ def train_local(
         "outputs": outputs,
         "config": {**asdict(cfg), "learning_rate": cfg.learning_rate},
         "precision": "bf16" if use_bf16 else "fp32",
-        "threads": threads,
+        "threads": {
+            "max": threads,
+            "tokens_per_second_by_threads": {str(k): round(v, 1) for k, v in tuner.speed.items()},
+        },
         "data": {
             "file": str(data),
             "examples": len(examples),
@@ -727,7 +784,7 @@ def _export(
         write_full_gguf(path, model.state_dict(), base_header, out_type=cfg.gguf_type)
         return {"gguf_model": str(path)}
     peft_dir = out / PEFT_DIR
-    model.save_pretrained(str(peft_dir))
+    model.save_pretrained(str(peft_dir), save_embedding_layers=False)
     state = {n: p for n, p in model.named_parameters() if "lora_" in n}
     path = out / ADAPTER_FILE
     write_lora_gguf(path, state, base_header, alpha=cfg.lora_alpha)

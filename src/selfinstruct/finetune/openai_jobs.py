@@ -250,9 +250,7 @@ def _poll(
             message = (getattr(error, "message", None) or "no reason given") if error else None
             state.save(status=status, error=message or "no reason given")
             _write_report(out, state.data)
-            raise ModelError(
-                f"fine-tuning job {job_id} {status}: {message or 'no reason given'}"
-            )
+            raise ModelError(f"fine-tuning job {job_id} {status}: {message or 'no reason given'}")
         state.save(status=status)
         if not cfg.wait:
             return OpenAIResult(out, job_id, status, None, state.data)

@@ -13,6 +13,8 @@ import os
 from typing import Any
 
 import openai
+from openai.types import Completion as APICompletion
+from openai.types.chat import ChatCompletion
 
 from selfinstruct.errors import ConfigError, ModelError, TransientModelError
 from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling
@@ -160,6 +162,10 @@ class OpenAIModel(Model):
             # Servers without a /models endpoint are fine; the first real call will tell.
 
     async def complete(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
+        # The body goes out through the SDK's `post` as it is (plain JSON values): its typed
+        # `create()` methods rebuild every parameter against their TypedDicts first, which cost
+        # 2-3 ms of CPU a request, a quarter of step 1's whole cost per request at high
+        # concurrency. Responses, errors and timeouts go through the SDK exactly as before.
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": sampling.max_tokens,
@@ -210,8 +216,10 @@ class OpenAIModel(Model):
     async def _completions_call(
         self, prompts: list[str], params: dict[str, Any]
     ) -> list[Completion]:
-        response = await self._client.completions.create(
-            prompt=prompts if len(prompts) > 1 else prompts[0], **params
+        response = await self._client.post(
+            "/completions",
+            body={"prompt": prompts if len(prompts) > 1 else prompts[0], **params},
+            cast_to=APICompletion,
         )
         choices = list(response.choices or [])
         if len(choices) != len(prompts):
@@ -235,8 +243,10 @@ class OpenAIModel(Model):
         return out
 
     async def _chat(self, prompt: str, params: dict[str, Any]) -> Completion:
-        response = await self._client.chat.completions.create(
-            messages=[{"role": "user", "content": prompt}], **params
+        response = await self._client.post(
+            "/chat/completions",
+            body={"messages": [{"role": "user", "content": prompt}], **params},
+            cast_to=ChatCompletion,
         )
         if not response.choices:
             raise TransientModelError(f"{self.base_url}: no choices", reason="empty_choices")

@@ -186,7 +186,7 @@ def _accept(
 ) -> MachineInstruction:
     scores = np.asarray(index.scores(candidate), dtype=float)
     # The 10 most similar, best first; ties go to the earlier instruction, as top_k does.
-    order = np.lexsort((np.arange(len(scores)), -scores))[:10]
+    order = _top_positions(scores, 10)
     return MachineInstruction(
         instruction=candidate,
         most_similar={index.text(int(i)): float(scores[i]) for i in order},
@@ -194,3 +194,19 @@ def _accept(
         metadata=metadata,
         request_idx=request_idx,
     )
+
+
+def _top_positions(scores: np.ndarray, k: int) -> np.ndarray:
+    """The first k positions of a stable sort by descending score (ties: earlier first).
+
+    Found without sorting the whole pool: a full sort per accepted instruction cost more than
+    the scoring itself once the pool held tens of thousands of instructions.
+    """
+    n = len(scores)
+    if n <= k:
+        return np.lexsort((np.arange(n), -scores))
+    kth = np.partition(scores, n - k)[n - k]  # the k-th highest score
+    above = np.flatnonzero(scores > kth)  # fewer than k
+    above = above[np.lexsort((above, -scores[above]))]
+    ties = np.flatnonzero(scores == kth)[: k - len(above)]
+    return np.concatenate((above, ties))

@@ -1,0 +1,502 @@
+"""The `finetune` and `evaluate` commands. Heavy imports (torch, transformers, openai) happen
+inside the commands, so that `selfinstruct --help` stays fast and works without the extra."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from selfinstruct.errors import ConfigError, SelfInstructError
+
+FINETUNE_EPILOG = """\b
+Examples:
+  selfinstruct finetune run/finetuning_data/alpaca_data.json --out runs/ft
+  selfinstruct evaluate --model 'local?lora=runs/ft' --tasks runs/ft/heldout.jsonl \\
+      --out runs/ft/pred.jsonl
+  selfinstruct finetune data.jsonl --out runs/oai --backend openai \\
+      --model gpt-4o-mini-2024-07-18
+"""
+
+
+@click.command(
+    "finetune",
+    epilog=FINETUNE_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder: adapter.gguf, peft/, finetune.json, heldout.jsonl, checkpoint/.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "openai"]),
+    default="local",
+    show_default=True,
+    help="local: transformers + peft on this machine; openai: the fine-tuning API.",
+)
+@click.option(
+    "--base",
+    default="local",
+    show_default=True,
+    help="[local] Base model spec: 'local' (embedded SmolLM2-135M-Instruct) or"
+    " 'local:PATH.gguf' (a llama-architecture GGUF).",
+)
+@click.option(
+    "--model",
+    "openai_model",
+    default="gpt-4o-mini-2024-07-18",
+    show_default=True,
+    help="[openai] Base model to fine-tune.",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="[local] Train every weight instead of a LoRA; writes OUT/model.gguf  [default: LoRA]",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Passes over the training data  [default: 3 local; the server's choice for openai]",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="[local] Peak learning rate (linear warm-up, then linear decay)"
+    "  [default: 1e-3 LoRA, 5e-5 --full]",
+)
+@click.option(
+    "--lora-r", type=click.IntRange(min=1), default=16, show_default=True, help="[local] LoRA rank."
+)
+@click.option(
+    "--lora-alpha",
+    type=click.FloatRange(min=0, min_open=True),
+    default=32.0,
+    show_default=True,
+    help="[local] LoRA alpha: updates are scaled by alpha / rank.",
+)
+@click.option(
+    "--lora-dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="[local] Dropout on the LoRA path (fraction).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Examples per optimiser step  [default: 8 local; the server's choice for openai]",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=16),
+    default=512,
+    show_default=True,
+    help="[local] Tokens per example (prompt + response); longer responses are cut.",
+)
+@click.option(
+    "--eval-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Fraction of examples held out (OUT/heldout.jsonl; validation file for openai).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the split, the data order and the initial LoRA weights.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "bf16", "fp32"]),
+    default="auto",
+    show_default=True,
+    help="[local] Autocast dtype; auto: bf16 only where the CPU has native bf16"
+    " (AVX512-BF16/AMX), else fp32.",
+)
+@click.option("--fp32", is_flag=True, help="[local] Same as --precision fp32.")
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="[local] Stop training after this many minutes in this invocation; the adapter is"
+    " still written and a rerun continues  [default: no limit]",
+)
+@click.option(
+    "--max-train-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="[local] Stop once this many tokens were trained, reruns included  [default: no limit]",
+)
+@click.option(
+    "--checkpoint-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="[local] Minutes between checkpoints (also at each epoch's end and on Ctrl-C).",
+)
+@click.option(
+    "--gguf-type",
+    type=click.Choice(["f16", "q8_0", "f32"]),
+    default="f16",
+    show_default=True,
+    help="[local --full] Weight type of OUT/model.gguf.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="[local] CPU threads for training  [default: all cores]",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Discard OUT's checkpoint or job record and start over (openai: a new, paid job).",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    help="[openai] API key  [default: $OPENAI_API_KEY; never written to any file]",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    envvar="OPENAI_BASE_URL",
+    help="[openai] Server URL  [default: $OPENAI_BASE_URL or OpenAI's]",
+)
+@click.option("--suffix", default=None, help="[openai] Suffix of the fine-tuned model's name.")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="[openai] Seconds before the first status poll; grows 1.5x a poll up to 120 s.",
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="[openai] Start (or check) the job and exit; rerun the command to resume polling.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages (errors show).")
+def finetune_command(data: Path, out: Path, backend: str, **opts: object) -> None:
+    """Fine-tune a model on DATA and write the result to OUT.
+
+    DATA may be any file the pipeline writes (gpt3_finetuning_data_*.jsonl,
+    openai_chat_finetuning_data.jsonl, alpaca_data.json, all_generated_instances.jsonl) or the
+    original release's gpt3_finetuning_data.jsonl. The local backend trains a LoRA on the
+    embedded model (no download) and writes OUT/adapter.gguf: use it at once with
+    --model 'local?lora=OUT'. A rerun of an interrupted command continues where it stopped.
+    """
+    from selfinstruct.progress import Reporter
+
+    reporter = Reporter(quiet=bool(opts["quiet"]))
+    if backend == "openai":
+        _finetune_openai(data, out, opts, reporter)
+    else:
+        _finetune_local(data, out, opts, reporter)
+
+
+def _finetune_local(data: Path, out: Path, opts: dict, reporter: object) -> None:
+    from selfinstruct.finetune.local import LocalConfig, train_local
+
+    for name in ("api_key", "suffix", "no_wait"):
+        if opts.get(name):
+            raise ConfigError(f"--{name.replace('_', '-')} applies to --backend openai only")
+    config = LocalConfig(
+        base=str(opts["base"]),
+        full=bool(opts["full"]),
+        epochs=int(opts["epochs"] or 3),
+        lr=opts["lr"],  # type: ignore[arg-type]
+        lora_r=int(opts["lora_r"]),  # type: ignore[arg-type]
+        lora_alpha=float(opts["lora_alpha"]),  # type: ignore[arg-type]
+        lora_dropout=float(opts["lora_dropout"]),  # type: ignore[arg-type]
+        batch_size=int(opts["batch_size"] or 8),  # type: ignore[arg-type]
+        max_length=int(opts["max_length"]),  # type: ignore[arg-type]
+        eval_fraction=float(opts["eval_fraction"]),  # type: ignore[arg-type]
+        seed=int(opts["seed"]),  # type: ignore[arg-type]
+        precision="fp32" if opts["fp32"] else str(opts["precision"]),
+        max_minutes=opts["max_minutes"],  # type: ignore[arg-type]
+        max_train_tokens=opts["max_train_tokens"],  # type: ignore[arg-type]
+        checkpoint_minutes=float(opts["checkpoint_minutes"]),  # type: ignore[arg-type]
+        gguf_type=str(opts["gguf_type"]),
+        threads=opts["threads"],  # type: ignore[arg-type]
+        restart=bool(opts["restart"]),
+    )
+    result = train_local(data, out, config, reporter=reporter)  # type: ignore[arg-type]
+    report = result.report
+    training, loss = report.get("training", {}), report.get("loss", {})
+    rows = [
+        ("status", result.status + (f" ({result.stop_reason})" if result.stop_reason else "")),
+        ("examples train / held out", f"{report['data']['train']} / {report['data']['held_out']}"),
+        ("steps", f"{training.get('steps')} / {training.get('total_steps')}"),
+        ("tokens trained", training.get("tokens")),
+        ("tokens/s", training.get("tokens_per_second")),
+        ("train loss first -> last", f"{loss.get('train_first')} -> {loss.get('train_last')}"),
+        (
+            "held-out loss before -> after",
+            f"{loss.get('held_out_before')} -> {loss.get('held_out_after')}",
+        ),
+        ("peak memory (MiB)", training.get("peak_rss_mib")),
+    ]
+    reporter.summary(f"fine-tuning ({report.get('method')})", rows)  # type: ignore[attr-defined]
+    if result.status != "complete":
+        reporter.warn(  # type: ignore[attr-defined]
+            f"stopped at --{str(result.stop_reason).replace('_', '-')}; the adapter so far is"
+            " written; rerun the same command (with a larger limit) to continue"
+        )
+    click.echo(report["model_spec"])
+
+
+def _finetune_openai(data: Path, out: Path, opts: dict, reporter: object) -> None:
+    from selfinstruct.finetune.openai_jobs import OpenAIConfig, run_openai_finetune
+
+    if opts["full"] or opts["lr"] is not None:
+        raise ConfigError("--full and --lr apply to --backend local only")
+    config = OpenAIConfig(
+        model=str(opts["openai_model"]),
+        epochs=opts["epochs"],  # type: ignore[arg-type]
+        batch_size=opts["batch_size"],  # type: ignore[arg-type]
+        seed=int(opts["seed"]),  # type: ignore[arg-type]
+        suffix=opts["suffix"],  # type: ignore[arg-type]
+        eval_fraction=float(opts["eval_fraction"]),  # type: ignore[arg-type]
+        poll_interval=float(opts["poll_interval"]),  # type: ignore[arg-type]
+        wait=not opts["no_wait"],
+        restart=bool(opts["restart"]),
+    )
+    result = run_openai_finetune(
+        data,
+        out,
+        config,
+        api_key=opts["api_key"],  # type: ignore[arg-type]
+        base_url=opts["base_url"],  # type: ignore[arg-type]
+        reporter=reporter,  # type: ignore[arg-type]
+    )
+    if result.fine_tuned_model:
+        click.echo(result.fine_tuned_model)
+    else:
+        click.echo(
+            f"job {result.job_id} is {result.status}; rerun the same command to wait for it",
+            err=True,
+        )
+
+
+EVALUATE_EPILOG = """\b
+Examples:
+  selfinstruct evaluate --model local --tasks user_oriented_instructions.jsonl --out base.jsonl
+  selfinstruct evaluate --model 'local?lora=runs/ft' --tasks runs/ft/heldout.jsonl \\
+      --out ft.jsonl
+  selfinstruct evaluate --predictions ft.jsonl
+  selfinstruct evaluate --compare base.jsonl ft.jsonl human_eval_predictions/*.jsonl
+"""
+
+
+@click.command(
+    "evaluate",
+    epilog=EVALUATE_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "-m",
+    "model_spec",
+    default=None,
+    help="Model spec to answer with: 'local', 'local?lora=DIR', 'local:PATH.gguf',"
+    " 'openai:MODEL', ...",
+)
+@click.option(
+    "--tasks",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Tasks to answer: user-oriented tasks JSONL (id, instruction, instances), a held-out"
+    " split (instruction, input, output) or any fine-tuning format.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Predictions JSONL (prompt, instruction, input, response, target); a rerun skips ids"
+    " already there.",
+)
+@click.option(
+    "--predictions",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Score an existing predictions file instead of generating (repeatable).",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Score the FILES given as arguments and rank them by ROUGE-L, side by side.",
+)
+@click.option(
+    "--prompt-format",
+    type=click.Choice(["user", "release"]),
+    default="user",
+    show_default=True,
+    help="user: instruction, blank line, input, as one chat turn (what fine-tuning trains);"
+    " release: the paper's '...Input: ...\\nOutput:' completion prompt.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Most tokens per answer.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature (0: greedy).",
+)
+@click.option("--stop", multiple=True, help="Stop sequence (repeatable)  [default: none]")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Answer only the first N tasks  [default: all]",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests in flight at once  [default: 8 for HTTP servers, 1 for local]",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Tries per request on timeouts, connection errors, 429 and 5xx.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for one HTTP response before retrying.",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    envvar="OPENAI_BASE_URL",
+    help="OpenAI-compatible server URL  [default: $OPENAI_BASE_URL or OpenAI's]",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    help="API key  [default: $OPENAI_API_KEY; never written to any file]",
+)
+@click.option(
+    "--format",
+    "table_format",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    show_default=True,
+    help="How scores are printed on stdout.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages (errors show).")
+def evaluate_command(
+    files: tuple[Path, ...],
+    model_spec: str | None,
+    tasks: Path | None,
+    out: Path | None,
+    predictions: tuple[Path, ...],
+    compare: bool,
+    prompt_format: str,
+    max_tokens: int,
+    temperature: float,
+    stop: tuple[str, ...],
+    limit: int | None,
+    seed: int,
+    concurrency: int | None,
+    max_attempts: int,
+    timeout: float,
+    base_url: str | None,
+    api_key: str | None,
+    table_format: str,
+    quiet: bool,
+) -> None:
+    """Answer a task file with a model and score it (ROUGE-L F1, exact match, length), score
+    existing prediction files, or compare several side by side.
+
+    \b
+    Three modes:
+      --model SPEC --tasks FILE --out PRED.jsonl   generate (resumable), then score
+      --predictions FILE [--predictions FILE ...]  score files in the release's format
+      --compare A.jsonl B.jsonl ...                 score and rank by ROUGE-L
+    """
+    from selfinstruct import evaluate as ev
+    from selfinstruct.progress import Reporter
+
+    reporter = Reporter(quiet=quiet)
+    generating = model_spec is not None or tasks is not None or out is not None
+    modes = sum([generating, bool(predictions), compare])
+    if modes != 1:
+        raise ConfigError(
+            "choose one mode: --model/--tasks/--out, --predictions FILE, or --compare FILES"
+        )
+    if files and not compare:
+        raise ConfigError("file arguments are read with --compare only")
+    if compare:
+        if not files:
+            raise ConfigError("--compare needs at least one predictions file")
+        scores = [ev.score_file(f) for f in files]
+        _print_scores(ev, scores, table_format, ranked=True)
+        return
+    if predictions:
+        scores = [ev.score_file(f) for f in predictions]
+        _print_scores(ev, scores, table_format, ranked=False)
+        return
+    if model_spec is None or tasks is None or out is None:
+        raise ConfigError("generating needs --model, --tasks and --out")
+    from selfinstruct.engine import EngineSettings
+    from selfinstruct.models.base import Sampling
+
+    result = ev.run_evaluation(
+        model_spec,
+        tasks,
+        out,
+        prompt_format=prompt_format,
+        sampling=Sampling(
+            max_tokens=max_tokens, temperature=temperature, stop=tuple(stop), seed=seed
+        ),
+        engine=EngineSettings(concurrency=concurrency, max_attempts=max_attempts),
+        limit=limit,
+        reporter=reporter,
+        base_url=base_url,
+        api_key=api_key,
+        timeout=timeout,
+        seed=seed,
+    )
+    _print_scores(ev, [result.scores], table_format, ranked=False)
+    if result.failed:
+        raise SelfInstructError(
+            f"{result.failed} task(s) got no answer after their retries; rerun the same command"
+            " to answer them"
+        )
+
+
+def _print_scores(ev: object, scores: list, table_format: str, *, ranked: bool) -> None:
+    if table_format == "json":
+        for s in scores:
+            click.echo(json.dumps(s.to_dict()))
+    elif table_format == "markdown":
+        click.echo(ev.format_markdown(scores, ranked=ranked))  # type: ignore[attr-defined]
+    else:
+        click.echo(ev.format_table(scores, ranked=ranked))  # type: ignore[attr-defined]
