@@ -349,7 +349,7 @@ class _NoListProxy:
         self.httpd.server_close()
 
 
-@pytest.mark.parametrize("status", [400, 422])
+@pytest.mark.parametrize("status", [400, 422, 500])
 def test_server_refusing_list_prompts_gets_one_prompt_per_request(tmp_path, status):
     with (
         running_fault_server(seed=4, latency=0.01) as server,
@@ -362,8 +362,26 @@ def test_server_refusing_list_prompts_gets_one_prompt_per_request(tmp_path, stat
         report = generate_instructions(ctx, default_seeds(), tmp_path, settings)
     assert report.complete and not report.engine.retries and not report.engine.failures
     assert model.max_batch == 1  # remembered: later requests never try a list again
-    assert proxy.refused == 1
+    assert proxy.refused == 2  # the list is tried twice before prompts go one by one
     # The refused request's 5 prompts went one by one, and so did every later prompt.
     assert len(proxy.passed) == 5 * report.engine.requests
     texts = [r["instruction"] for r in read_jsonl(tmp_path / INSTRUCTIONS_FILE)]
     assert len(texts) == 40 == len(set(texts))
+
+
+def test_a_passing_server_error_does_not_turn_batching_off(tmp_path):
+    log_path = tmp_path / "server.jsonl"
+    with running_fault_server(
+        seed=5, latency=0.01, fail_first=1, fail_status="500", log_path=log_path
+    ) as server:
+        model = OpenAIModel(
+            "m", api="completions", base_url=server.base_url, api_key="k", timeout=5
+        )
+        ctx = StepContext(model=model, engine=EngineSettings(concurrency=1))
+        settings = InstructionSettings(num_instructions=20, request_batch_size=5)
+        report = generate_instructions(ctx, default_seeds(), tmp_path / "run", settings)
+        log = server.read_log()
+    assert report.complete
+    assert model.max_batch > 1
+    assert [r["status"] for r in log[:2]] == [500, 200]
+    assert len(log[1]["texts"]) == 5  # the list went through on its second try

@@ -676,6 +676,8 @@ def run_cmd(
     try:
         for title, step, settings in steps:
             report = step()
+            # The budgets are for the whole invocation: what this step spent is gone for the next.
+            ctx.engine = _remaining_budget(ctx.engine, report)
             run_file.record_step(
                 report,
                 command="run",
@@ -699,6 +701,19 @@ def run_cmd(
             f"done: {batch_dir}  ({usage.get('requests', 0)} requests,"
             f" {usage.get('total_tokens', 0):,} tokens in all; details in run.json)"
         )
+
+
+def _remaining_budget(settings: EngineSettings, report: StepReport) -> EngineSettings:
+    spent_requests = report.engine.requests if report.engine is not None else 0
+    return dataclasses.replace(
+        settings,
+        max_requests=None
+        if settings.max_requests is None
+        else max(0, settings.max_requests - spent_requests),
+        max_tokens_total=None
+        if settings.max_tokens_total is None
+        else max(0, settings.max_tokens_total - report.usage.total_tokens),
+    )
 
 
 # --- dedup --------------------------------------------------------------------------------

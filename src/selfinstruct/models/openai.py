@@ -205,9 +205,21 @@ class OpenAIModel(Model):
             except openai.APIStatusError as e:
                 if e.status_code not in _NO_LIST_STATUS:
                     raise
-                # Some servers (llama.cpp's, Ollama) refuse a list of prompts: send them one by
-                # one from now on, this request included.
+                # Some servers (llama.cpp's, Ollama) refuse a list of prompts. Tell that from a
+                # passing server error: the list again, then the first prompt alone. Only when
+                # the list fails twice and a single prompt goes through, send prompts one by one
+                # from now on.
+                try:
+                    return await self._completions_call(prompts, params)
+                except openai.APIStatusError as again:
+                    if again.status_code not in _NO_LIST_STATUS:
+                        raise
+                first = await self._completions_call(prompts[:1], params)
                 self.max_batch = 1
+                rest = await asyncio.gather(
+                    *(self._completions_call([p], params) for p in prompts[1:])
+                )
+                return first + [r[0] for r in rest]
         if len(prompts) == 1:
             return await self._completions_call(prompts, params)
         results = await asyncio.gather(*(self._completions_call([p], params) for p in prompts))
