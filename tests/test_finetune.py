@@ -219,6 +219,11 @@ def _run(command, args: list[str]) -> str:
     return result.stdout
 
 
+# One epoch at a higher peak learning rate than the default: measured here, 0.78 exact match
+# after (0.80 with two epochs at 1e-3), in half the time.
+TRAIN_ARGS = ["--epochs", "1", "--lr", "2e-3", "--eval-fraction", "0.2", "--quiet"]
+
+
 @pytest.mark.slow
 def test_finetune_then_evaluate_gains_on_the_embedded_model(tmp_path: Path) -> None:
     """The whole loop: LoRA on 200 examples, then llama.cpp answers 50 held-out ones with the
@@ -232,13 +237,13 @@ def test_finetune_then_evaluate_gains_on_the_embedded_model(tmp_path: Path) -> N
     out = tmp_path / "ft"
     spec = _run(
         finetune_command,
-        [str(data), "--out", str(out), "--epochs", "2", "--eval-fraction", "0.2", "--quiet"],
+        [str(data), "--out", str(out), *TRAIN_ARGS],
     ).strip()
     assert spec == f"local?lora={out}"
     trained = time.monotonic() - started
     report = json.loads((out / "finetune.json").read_text())
     assert report["status"] == "complete" and report["data"]["train"] == 200
-    assert report["data"]["train_tokens_per_epoch"] * 2 < 70_000
+    assert report["data"]["train_tokens_per_epoch"] < 70_000
     assert report["loss"]["held_out_after"] < report["loss"]["held_out_before"]
     assert (out / "peft" / "adapter_config.json").exists()
 
@@ -289,7 +294,7 @@ def test_finetune_then_evaluate_gains_on_the_embedded_model(tmp_path: Path) -> N
     # a rerun of a finished fine-tuning does nothing and says so
     again = _run(
         finetune_command,
-        [str(data), "--out", str(out), "--epochs", "2", "--eval-fraction", "0.2", "--quiet"],
+        [str(data), "--out", str(out), *TRAIN_ARGS],
     )
     assert again.strip() == spec
 

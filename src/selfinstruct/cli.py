@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from typing import Any
 
 import click
 
-from selfinstruct.engine import EngineSettings
+from selfinstruct.engine import EngineSettings, run_sync
 from selfinstruct.errors import ConfigError, SelfInstructError
 from selfinstruct.models import Model, load_model
 from selfinstruct.progress import Reporter
@@ -192,7 +191,7 @@ class ModelOptions:
             timeout=self.timeout,
             seed=seed,
         )
-        asyncio.run(model.check())
+        run_sync(model.check(), release=model)
         return model
 
 
@@ -250,7 +249,7 @@ def _run_step(
     try:
         report = step(ctx, *args, settings=settings, **kwargs)
     finally:
-        asyncio.run(model.aclose())
+        run_sync(model.aclose())
     RunFile(batch_dir).record_step(
         report,
         command=command,
@@ -692,7 +691,7 @@ def run_cmd(
                     f"{report.step} did not complete (see the summary); rerun to continue"
                 )
     finally:
-        asyncio.run(model.aclose())
+        run_sync(model.aclose())
     s4 = PrepareSettings(include_seed_tasks=include_seed_tasks)
     _prepare(batch_dir, s4, seed_tasks, reporter)
     if not opts.quiet:

@@ -266,6 +266,19 @@ def _supplier(source: Source) -> Callable[[], Request | None]:
     return lambda: next(iterator, None)
 
 
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine to completion from synchronous code (the CLI, tests)."""
-    return asyncio.run(coro)
+def run_sync(coro: Any, *, release: Model | None = None) -> Any:
+    """Run a coroutine to completion from synchronous code (the CLI, the steps).
+
+    With `release`, the model's connections made on this event loop are closed before the loop
+    ends, whatever happens: each step runs its own loop, and a connection left open would
+    outlive the loop it belongs to.
+    """
+
+    async def main() -> Any:
+        try:
+            return await coro
+        finally:
+            if release is not None:
+                await release.aclose()
+
+    return asyncio.run(main())

@@ -183,18 +183,19 @@ def _head_counts(header: GGUFHeader) -> tuple[int, int]:
     return n_head, n_kv
 
 
-def _check_arch(header: GGUFHeader) -> None:
+def check_exportable(header: GGUFHeader) -> None:
+    """Refuse, before any training, a base whose fine-tune could not be written as GGUF."""
     if header.arch not in SUPPORTED_ARCHS:
         raise ConfigError(
-            f"{header.path.name}: GGUF export supports the {', '.join(SUPPORTED_ARCHS)}"
-            f" architecture (SmolLM2, Llama, Mistral), not {header.arch!r}; the peft adapter is"
-            " still written"
+            f"{header.path.name}: fine-tuning writes GGUF files for the"
+            f" {', '.join(SUPPORTED_ARCHS)} architecture (SmolLM2, Llama, Mistral, ...), and"
+            f" this base is {header.arch!r}"
         )
 
 
 def lora_tensors(state: Mapping[str, Any], header: GGUFHeader) -> list[tuple[str, np.ndarray]]:
     """peft's lora_A/lora_B weights as llama.cpp's (name.lora_a, name.lora_b) tensors."""
-    _check_arch(header)
+    check_exportable(header)
     n_head, n_kv = _head_counts(header)
     shapes = {t.name: t.shape for t in header.tensors}
     pairs: dict[str, dict[str, np.ndarray]] = {}
@@ -295,7 +296,7 @@ def write_full_gguf(
     counterpart in `state` (rope tables, say) is copied as it is. Returns the tensor count."""
     import gguf
 
-    _check_arch(base)
+    check_exportable(base)
     if out_type not in FULL_TYPES:
         raise ConfigError(f"--gguf-type must be one of {', '.join(FULL_TYPES)}")
     qtype = {

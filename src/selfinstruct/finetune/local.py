@@ -38,6 +38,7 @@ from selfinstruct.errors import ConfigError, MissingExtraError, ModelError
 from selfinstruct.finetune.data import Example, read_examples, split_examples
 from selfinstruct.finetune.export import (
     FULL_TYPES,
+    check_exportable,
     read_gguf_header,
     write_full_gguf,
     write_lora_gguf,
@@ -211,6 +212,12 @@ def _cached_tensor_name_map(gguf: Any) -> Iterator[None]:
         gguf.get_tensor_name_map = original
 
 
+def _dtype_argument(transformers: Any, dtype: Any) -> dict[str, Any]:
+    """transformers 4.56 renamed `torch_dtype` to `dtype` (the old name now warns)."""
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def load_base(path: Path, stack: dict[str, Any]) -> tuple[Any, Any]:
     """(tokenizer, model) from one GGUF file, weights dequantised to fp32."""
     torch, transformers = stack["torch"], stack["transformers"]
@@ -221,7 +228,7 @@ def load_base(path: Path, stack: dict[str, Any]) -> tuple[Any, Any]:
         with _cached_tensor_name_map(stack["gguf"]):
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=name, dtype=torch.float32
+                folder, gguf_file=name, **_dtype_argument(transformers, torch.float32)
             )
     except (OSError, ValueError, KeyError, NotImplementedError) as e:
         raise ModelError(f"transformers cannot load {path}: {e}") from None
@@ -424,6 +431,7 @@ def train_local(
     torch = stack["torch"]
     base_path = resolve_base(cfg.base)
     base_header = read_gguf_header(base_path)
+    check_exportable(base_header)
 
     examples = read_examples(data, warn=reporter.warn)
     train_ex, held_ex = split_examples(examples, cfg.eval_fraction, cfg.seed)
@@ -562,6 +570,13 @@ def train_local(
     try:
         with reporter.bar("fine-tuning", total=total_steps, completed=progress["step"]) as bar:
             while progress["step"] < total_steps:
+                if cfg.max_train_tokens is not None and progress["tokens"] >= cfg.max_train_tokens:
+                    raise _Stop("max_train_tokens")
+                if (
+                    cfg.max_minutes is not None
+                    and time.monotonic() - started >= cfg.max_minutes * 60
+                ):
+                    raise _Stop("max_minutes")
                 epoch, index = divmod(progress["step"], steps_per_epoch)
                 batch_ids = _batches(len(train_set), cfg.batch_size, cfg.seed, epoch)[index]
                 items = [train_set[i] for i in batch_ids]
@@ -602,15 +617,6 @@ def train_local(
                         progress["eval"].append((progress["step"] // steps_per_epoch, held))
                     save_checkpoint()
                     last_ckpt = time.monotonic()
-                if progress["step"] >= total_steps:
-                    break
-                if cfg.max_train_tokens is not None and progress["tokens"] >= cfg.max_train_tokens:
-                    raise _Stop("max_train_tokens")
-                if (
-                    cfg.max_minutes is not None
-                    and time.monotonic() - started >= cfg.max_minutes * 60
-                ):
-                    raise _Stop("max_minutes")
                 if time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60:
                     save_checkpoint()
                     last_ckpt = time.monotonic()

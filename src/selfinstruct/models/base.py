@@ -98,4 +98,5 @@ class Model(ABC):
         """Fail fast (ModelError) when the model cannot be used at all: no server, bad key."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release connections or memory; the default has nothing to release."""
+        """Release what is bound to the running event loop (HTTP connections); the model stays
+        usable from another loop. The default has nothing to release."""

@@ -110,7 +110,7 @@ def identify_classification(
         )
         engine = Engine(ctx.model, ctx.engine, usage=report.usage)
         report.engine = engine.stats
-        run_sync(engine.run(requests, on_result, on_failure))
+        run_sync(engine.run(requests, on_result, on_failure), release=ctx.model)
 
     labelled = len(done_instructions(out_path, ctx.reporter))
     report.counts = {

@@ -133,7 +133,7 @@ def generate_instances(
 
         engine = Engine(ctx.model, ctx.engine, usage=report.usage)
         report.engine = engine.stats
-        run_sync(engine.run(requests, on_result, on_failure))
+        run_sync(engine.run(requests, on_result, on_failure), release=ctx.model)
 
     done_after = done_instructions(out_path, ctx.reporter)
     in_file = len(done_after)

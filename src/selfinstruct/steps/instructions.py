@@ -90,6 +90,7 @@ def generate_instructions(
     dropped: Counter[str] = Counter()
     in_flight_prompts = 0
     stalled = 0
+    accepted: list[tuple[str, int, dict, int]] = []
     per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
 
     def make_prompt() -> str:
@@ -147,11 +148,15 @@ def generate_instructions(
                     if reason is not None:
                         dropped[reason] += 1
                         continue
-                    record = _accept(index, candidate, metadata, request.key)
-                    out.write(record.to_dict())
-                    index.add(candidate)
+                    position = index.add(candidate)
+                    accepted.append((candidate, position, metadata, request.key))
                     machine.append(candidate)
-                    bar.advance()
+            # Written before this handler returns, so before any other answer is looked at;
+            # scored together, because one batched call costs far less than one per record.
+            for record in _records(index, accepted):
+                out.write(record.to_dict())
+            bar.advance(len(accepted))
+            accepted.clear()
             stalled = 0 if len(machine) > pool_before else stalled + 1
             bar.note(dropped)
 
@@ -162,7 +167,7 @@ def generate_instructions(
 
         engine = Engine(ctx.model, ctx.engine, usage=report.usage, jitter_seed=s.seed)
         report.engine = engine.stats
-        run_sync(engine.run(next_request, on_result, on_failure))
+        run_sync(engine.run(next_request, on_result, on_failure), release=ctx.model)
 
     report.counts = {
         "instructions_in_file": len(machine),
@@ -181,19 +186,29 @@ def generate_instructions(
     return report
 
 
-def _accept(
-    index: RougeLIndex, candidate: str, metadata: dict, request_idx: int
-) -> MachineInstruction:
-    scores = np.asarray(index.scores(candidate), dtype=float)
-    # The 10 most similar, best first; ties go to the earlier instruction, as top_k does.
-    order = _top_positions(scores, 10)
-    return MachineInstruction(
-        instruction=candidate,
-        most_similar={index.text(int(i)): float(scores[i]) for i in order},
-        avg_similarity_score=float(scores.mean()) if len(scores) else 0.0,
-        metadata=metadata,
-        request_idx=request_idx,
-    )
+def _records(
+    index: RougeLIndex, accepted: list[tuple[str, int, dict, int]]
+) -> list[MachineInstruction]:
+    """The records of instructions just added to the index, each scored against the pool as it
+    was when that instruction was accepted (every position before its own)."""
+    if not accepted:
+        return []
+    rows = np.asarray(index.scores_many([a[0] for a in accepted]), dtype=float)
+    records = []
+    for row, (candidate, position, metadata, request_idx) in zip(rows, accepted, strict=True):
+        scores = row[:position]
+        # The 10 most similar, best first; ties go to the earlier instruction, as top_k does.
+        order = _top_positions(scores, 10)
+        records.append(
+            MachineInstruction(
+                instruction=candidate,
+                most_similar={index.text(int(i)): float(scores[i]) for i in order},
+                avg_similarity_score=float(scores.mean()) if len(scores) else 0.0,
+                metadata=metadata,
+                request_idx=request_idx,
+            )
+        )
+    return records
 
 
 def _top_positions(scores: np.ndarray, k: int) -> np.ndarray:
