@@ -1,14 +1,14 @@
 """Training speed and memory of local fine-tuning: LoRA and full, fp32 and bf16 autocast.
 
-Every configuration trains the embedded SmolLM2-135M-Instruct on the same batches (the toy
-instruction set of the fine-tuning test, batch 8) in a fresh process, so that each peak RSS is
-its own. Printed per configuration: tokens/s over the timed steps (the first step is a warm-up
-and not timed), peak RSS of the process, and RSS once the model is loaded. The baseline row is
-the plain transformers way of computing the loss (``model(..., labels=...)``: logits over the
-whole 49K vocabulary at every position) beside ours (the output layer only where a response
-token is predicted), both LoRA fp32.
+Every configuration trains the embedded SmolLM2-135M-Instruct on the same examples (the toy
+instruction set of the fine-tuning test; batch 8, or 2 for the slow bf16 rows) in a fresh
+process, so that each peak RSS is its own. Printed per configuration: tokens/s over the timed
+steps (the first step is a warm-up and not timed), peak RSS of the process, and RSS once the
+model is loaded. The baseline row is the plain transformers way of computing the loss
+(``model(..., labels=...)``: logits over the whole 49K vocabulary at every position) beside
+ours (the output layer only where a response token is predicted), both LoRA fp32.
 
-    .venv/bin/python benchmarks/bench_finetune.py            # all rows, ~4 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_finetune.py            # all rows, ~5 minutes on 2 cores
     .venv/bin/python benchmarks/bench_finetune.py --steps 3 --only lora-fp32
 """
 
@@ -23,12 +23,14 @@ import subprocess
 import sys
 import time
 
+# bf16 rows use smaller batches and fewer steps: on a CPU without native bf16 (AVX2 only, like
+# this machine's) autocast emulates it, about 20x slower than fp32.
 CONFIGS = {
-    "lora-fp32-hf-loss": {"full": False, "bf16": False, "hf_loss": True},
-    "lora-fp32": {"full": False, "bf16": False, "hf_loss": False},
-    "lora-bf16": {"full": False, "bf16": True, "hf_loss": False},
-    "full-fp32": {"full": True, "bf16": False, "hf_loss": False},
-    "full-bf16": {"full": True, "bf16": True, "hf_loss": False},
+    "lora-fp32-hf-loss": {"full": False, "bf16": False, "hf_loss": True, "batch": 8},
+    "lora-fp32": {"full": False, "bf16": False, "hf_loss": False, "batch": 8},
+    "lora-bf16": {"full": False, "bf16": True, "hf_loss": False, "batch": 2},
+    "full-fp32": {"full": True, "bf16": False, "hf_loss": False, "batch": 8},
+    "full-bf16": {"full": True, "bf16": True, "hf_loss": False, "batch": 2},
 }
 WORDS = (
     "apple river stone cloud green quiet music paper orange window garden silver bread candle"
@@ -92,7 +94,8 @@ def run_one(name: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     tokenizer, model = load_base(resolve_base("local"), stack)
     encoder = ChatEncoder(tokenizer, 512)
-    items = [encoder.encode(Example(**e)) for e in toy_examples(8 * (steps + 1))]
+    size = cfg["batch"]
+    items = [encoder.encode(Example(**e)) for e in toy_examples(size * (steps + 1))]
     if cfg["full"]:
         lm = model
         for p in model.parameters():
@@ -112,7 +115,8 @@ def run_one(name: str, steps: int, threads: int) -> dict:
     tokens = 0
     seconds = 0.0
     for step in range(steps + 1):
-        batch = _collate(torch, items[8 * step : 8 * step + 8], tokenizer.pad_token_id or 2)
+        chunk = items[size * step : size * (step + 1)]
+        batch = _collate(torch, chunk, tokenizer.pad_token_id or 2)
         t0 = time.perf_counter()
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg["bf16"] else _null()
         with ctx:
@@ -136,6 +140,8 @@ def run_one(name: str, steps: int, threads: int) -> dict:
         "rss_after_load_mib": round(loaded_rss, 0),
         "trainable_parameters": sum(p.numel() for p in params),
         "threads": threads,
+        "batch": size,
+        "timed_steps": steps,
     }
 
 
@@ -149,7 +155,8 @@ class _null:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps of batch 8 (default 4)")
+    parser.add_argument("--steps", type=int, default=4, help="timed fp32 steps (default 4)")
+    parser.add_argument("--bf16-steps", type=int, default=1, help="timed bf16 steps (default 1)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -169,36 +176,26 @@ def main() -> None:
         return
     names = args.only or list(CONFIGS)
     print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
-        f" {args.threads} torch threads, {args.steps} timed steps of batch 8 per row"
+        f"# {platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads;"
+        f" load average {os.getloadavg()[0]:.2f} at the start"
     )
-    header = ("config", "tokens/s", "peak RSS MiB", "RSS after load MiB", "trainable params")
-    print("| " + " | ".join(header) + " |")
-    print("|---|---:|---:|---:|---:|")
+    header = ("config", "batch x timed steps", "tokens/s", "peak RSS MiB", "RSS after load MiB")
+    print("| " + " | ".join(header) + " | trainable params |")
+    print("|---|---:|---:|---:|---:|---:|")
     rows = {}
     for name in names:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--one",
-                name,
-                "--steps",
-                str(args.steps),
-                "--threads",
-                str(args.threads),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        steps = args.bf16_steps if CONFIGS[name]["bf16"] else args.steps
+        command = [sys.executable, __file__, "--one", name, "--steps", str(steps)]
+        command += ["--threads", str(args.threads)]
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             print(f"| {name} | failed: {proc.stderr.strip().splitlines()[-1:]} |")
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows[name] = row
         print(
-            f"| {name} | {row['tokens_per_second']:.0f} | {row['peak_rss_mib']:.0f} |"
+            f"| {name} | {row['batch']} x {row['timed_steps']} |"
+            f" {row['tokens_per_second']:.1f} | {row['peak_rss_mib']:.0f} |"
             f" {row['rss_after_load_mib']:.0f} | {row['trainable_parameters']:,} |",
             flush=True,
         )
@@ -209,6 +206,7 @@ def main() -> None:
             f" {base['tokens_per_second']:.0f} tokens/s"
             f" ({ours['tokens_per_second'] / base['tokens_per_second']:.2f}x)"
         )
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,27 @@ def _batch_dir_option(f: Callable) -> Callable:
     )(f)
 
 
+def _request_batch_size_option(f: Callable) -> Callable:
+    return click.option(
+        "--request-batch-size",
+        "--request_batch_size",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Prompts per request where the API takes a list.",
+    )(f)
+
+
+def _first_instructions_option(f: Callable) -> Callable:
+    return click.option(
+        "--num-instructions",
+        "--num_instructions",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Only the first N instructions  [default: all]",
+    )(f)
+
+
 @dataclasses.dataclass
 class ModelOptions:
     model_spec: str
@@ -297,14 +318,7 @@ def _instruction_options(f: Callable) -> Callable:
                 show_default=True,
                 help="Instructions listed in each prompt (2 of them machine-generated).",
             ),
-            click.option(
-                "--request-batch-size",
-                "--request_batch_size",
-                type=click.IntRange(min=1),
-                default=5,
-                show_default=True,
-                help="Prompts per request where the API takes a list (completions).",
-            ),
+            _request_batch_size_option,
             click.option(
                 "--similarity-threshold",
                 type=click.FloatRange(0, 1),
@@ -364,13 +378,7 @@ def generate_instructions_cmd(
 
 @cli.command("identify-clf")
 @_batch_dir_option
-@click.option(
-    "--num-instructions",
-    "--num_instructions",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Only the first N instructions  [default: all]",
-)
+@_first_instructions_option
 @click.option(
     "--template",
     type=click.Choice(["template_1"]),
@@ -378,14 +386,7 @@ def generate_instructions_cmd(
     show_default=True,
     help="Few-shot template (the original's name).",
 )
-@click.option(
-    "--request-batch-size",
-    "--request_batch_size",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Prompts per request where the API takes a list.",
-)
+@_request_batch_size_option
 @_seed_option(42)
 @_model_options
 def identify_clf_cmd(
@@ -464,21 +465,8 @@ def _instance_options(f: Callable) -> Callable:
     default=None,
     help="is_clf_or_not_*.jsonl to read  [default: the folder's only one]",
 )
-@click.option(
-    "--num-instructions",
-    "--num_instructions",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Only the first N instructions  [default: all]",
-)
-@click.option(
-    "--request-batch-size",
-    "--request_batch_size",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Prompts per request where the API takes a list.",
-)
+@_first_instructions_option
+@_request_batch_size_option
 @_instance_options
 @_seed_option(42)
 @_model_options
@@ -616,13 +604,7 @@ def _prepare(batch_dir: Path, settings: Any, seed_tasks: Path | None, reporter: 
 @click.option(
     "--use-clf-seed-tasks-only", is_flag=True, help="Prompt with classification seed tasks only."
 )
-@click.option(
-    "--request-batch-size",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Prompts per request where the API takes a list.",
-)
+@_request_batch_size_option
 @click.option(
     "--include-seed-tasks/--no-include-seed-tasks",
     default=True,

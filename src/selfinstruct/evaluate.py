@@ -131,7 +131,8 @@ def score_file(path: str | Path, *, ids: set[str] | None = None) -> Scores:
 
 
 def format_table(scores: list[Scores], *, ranked: bool = False) -> str:
-    """A plain-text table: file, n, ROUGE-L (x100), exact match (%), mean length (words)."""
+    """A plain-text table: file, n, ROUGE-L F1 (mean, x100), exact match (%), mean length
+    (words); `ranked` sorts by ROUGE-L, best first, and numbers the rows."""
     rows = sorted(scores, key=lambda s: -s.rouge_l) if ranked else list(scores)
     header = ["#", "file", "n", "ROUGE-L", "exact match %", "mean length (words)"]
     body = [
@@ -139,7 +140,7 @@ def format_table(scores: list[Scores], *, ranked: bool = False) -> str:
             str(k),
             Path(s.name).name if len(scores) > 1 else s.name,
             str(s.n),
-            f"{100 * s.rouge_l:.1f}",
+            f"{100 * s.rouge_l:.2f}",
             f"{100 * s.exact_match:.1f}",
             f"{s.mean_length:.1f}",
         ]
@@ -166,7 +167,8 @@ def format_markdown(scores: list[Scores], *, ranked: bool = True) -> str:
     out.append("|---:|---|---:|---:|---:|---:|")
     for k, s in enumerate(rows, start=1):
         out.append(
-            f"| {k} | {Path(s.name).stem} | {s.n} | {100 * s.rouge_l:.1f} |"
+            f"| {k} | {Path(s.name).stem.removesuffix('_predictions')} | {s.n} |"
+            f" {100 * s.rouge_l:.2f} |"
             f" {100 * s.exact_match:.1f} | {s.mean_length:.1f} |"
         )
     return "\n".join(out)
