@@ -395,3 +395,106 @@ def test_full_fine_tuning_writes_a_gguf_that_llama_cpp_runs(tmp_path: Path) -> N
 
     agree = (next_tokens(out / "model.gguf") == next_tokens(default_model_path())).mean()
     assert agree >= 0.8, agree
+
+
+def _tiny_llama_gguf(path: Path) -> dict[str, np.ndarray]:
+    """A 1-layer llama-architecture GGUF (f32) and the transformers-named weights it holds."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    dim, kv, ffn, vocab = 64, 32, 96, 16
+    hf = {
+        "model.embed_tokens.weight": rng.normal(size=(vocab, dim)),
+        "model.norm.weight": rng.normal(size=(dim,)),
+        "model.layers.0.input_layernorm.weight": rng.normal(size=(dim,)),
+        "model.layers.0.post_attention_layernorm.weight": rng.normal(size=(dim,)),
+        "model.layers.0.self_attn.q_proj.weight": rng.normal(size=(dim, dim)),
+        "model.layers.0.self_attn.k_proj.weight": rng.normal(size=(kv, dim)),
+        "model.layers.0.self_attn.v_proj.weight": rng.normal(size=(kv, dim)),
+        "model.layers.0.self_attn.o_proj.weight": rng.normal(size=(dim, dim)),
+        "model.layers.0.mlp.gate_proj.weight": rng.normal(size=(ffn, dim)),
+        "model.layers.0.mlp.up_proj.weight": rng.normal(size=(ffn, dim)),
+        "model.layers.0.mlp.down_proj.weight": rng.normal(size=(dim, ffn)),
+    }
+    hf = {k: v.astype(np.float32) for k, v in hf.items()}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(1)
+    writer.add_string("tokenizer.chat_template", "{{ messages }}")
+    writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(vocab)])
+    from selfinstruct.finetune.export import hf_to_gguf_name
+
+    for key, value in hf.items():
+        name = hf_to_gguf_name(key)
+        if name.endswith("attn_q.weight"):
+            value = permute_rows(value, 2)
+        elif name.endswith("attn_k.weight"):
+            value = permute_rows(value, 1)
+        writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return hf
+
+
+@pytest.mark.parametrize("out_type", ["f16", "q8_0", "f32"])
+def test_full_export_round_trips_names_rows_and_metadata(tmp_path: Path, out_type: str) -> None:
+    gguf = pytest.importorskip("gguf", reason="pip install 'selfinstruct[finetune]'")
+    from selfinstruct.finetune.export import write_full_gguf
+
+    base = tmp_path / "base.gguf"
+    hf = _tiny_llama_gguf(base)
+    trained = {k: v + 0.01 for k, v in hf.items()}
+    out = tmp_path / f"model-{out_type}.gguf"
+    write_full_gguf(out, trained, read_gguf_header(base), out_type=out_type)
+    header = read_gguf_header(out)
+    assert header.get("tokenizer.chat_template") == "{{ messages }}"
+    assert header.get("llama.attention.head_count_kv") == 1
+    reader = gguf.GGUFReader(str(out))
+    by_name = {t.name: t for t in reader.tensors}
+    base_reader = gguf.GGUFReader(str(base))
+    tol = {"f32": 1e-6, "f16": 2e-3, "q8_0": 3e-2}[out_type]
+    for t in base_reader.tensors:
+        got = gguf.quants.dequantize(by_name[t.name].data, by_name[t.name].tensor_type)
+        want = np.array(t.data) + 0.01  # the base layout (Q/K rows permuted) plus the update
+        np.testing.assert_allclose(got.reshape(want.shape), want, atol=tol * np.abs(want).max())
+
+
+def test_lora_export_names_shapes_and_q_k_rows(tmp_path: Path) -> None:
+    pytest.importorskip("gguf", reason="pip install 'selfinstruct[finetune]'")
+    from selfinstruct.finetune.export import lora_tensors, write_lora_gguf
+
+    base = tmp_path / "base.gguf"
+    _tiny_llama_gguf(base)
+    rng = np.random.default_rng(1)
+    prefix = "base_model.model.model.layers.0."
+    state = {
+        prefix + "self_attn.q_proj.lora_A.default.weight": rng.normal(size=(4, 64)),
+        prefix + "self_attn.q_proj.lora_B.default.weight": rng.normal(size=(64, 4)),
+        prefix + "self_attn.k_proj.lora_A.default.weight": rng.normal(size=(4, 64)),
+        prefix + "self_attn.k_proj.lora_B.default.weight": rng.normal(size=(32, 4)),
+        prefix + "mlp.down_proj.lora_A.default.weight": rng.normal(size=(4, 96)),
+        prefix + "mlp.down_proj.lora_B.default.weight": rng.normal(size=(64, 4)),
+    }
+    state = {k: v.astype(np.float32) for k, v in state.items()}
+    header = read_gguf_header(base)
+    tensors = dict(lora_tensors(state, header))
+    assert sorted(tensors) == [
+        f"blk.0.{m}.weight.lora_{ab}" for m in ("attn_k", "attn_q", "ffn_down") for ab in "ab"
+    ]
+    q_b = state[prefix + "self_attn.q_proj.lora_B.default.weight"]
+    np.testing.assert_array_equal(tensors["blk.0.attn_q.weight.lora_b"], permute_rows(q_b, 2))
+    k_b = state[prefix + "self_attn.k_proj.lora_B.default.weight"]
+    np.testing.assert_array_equal(tensors["blk.0.attn_k.weight.lora_b"], permute_rows(k_b, 1))
+    down_a = state[prefix + "mlp.down_proj.lora_A.default.weight"]
+    np.testing.assert_array_equal(tensors["blk.0.ffn_down.weight.lora_a"], down_a)
+    write_lora_gguf(tmp_path / "adapter.gguf", state, header, alpha=8)
+    written = read_gguf_header(tmp_path / "adapter.gguf")
+    assert written.get("general.type") == "adapter" and written.get("adapter.lora.alpha") == 8.0
+    assert {t.name: t.shape for t in written.tensors}["blk.0.attn_k.weight.lora_b"] == (32, 4)
+    with pytest.raises(Exception, match="do not fit"):
+        bad = dict(state)
+        bad[prefix + "self_attn.k_proj.lora_B.default.weight"] = rng.normal(size=(64, 4))
+        lora_tensors(bad, header)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -125,10 +126,6 @@ class TrainResult:
     stop_reason: str | None
     report: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def spec(self) -> str:
-        return self.report.get("model_spec", "")
-
 
 def import_training_stack() -> dict[str, Any]:
     """torch, transformers, peft and gguf, or MissingExtraError saying how to get them."""
@@ -225,7 +222,8 @@ def load_base(path: Path, stack: dict[str, Any]) -> tuple[Any, Any]:
     transformers.logging.disable_progress_bar()
     folder, name = str(path.parent), path.name
     try:
-        with _cached_tensor_name_map(stack["gguf"]):
+        # transformers draws its own tqdm bar while it dequantises; ours is the one to show
+        with _cached_tensor_name_map(stack["gguf"]), contextlib.redirect_stderr(io.StringIO()):
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=name, **_dtype_argument(transformers, torch.float32)

@@ -133,6 +133,7 @@ def run_openai_finetune(
 ) -> OpenAIResult:
     cfg = config or OpenAIConfig()
     reporter = reporter or Reporter(quiet=True)
+    client = _client(api_key, base_url, timeout)  # no request yet: a missing key fails here
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     examples = read_examples(data, warn=reporter.warn)
@@ -153,7 +154,6 @@ def run_openai_finetune(
             f"fine-tuning job {state.data.get('job_id')} {status}: {state.data.get('error')};"
             " add --restart to start a new job (charged again)"
         )
-    client = _client(api_key, base_url, timeout)
 
     if not state.data.get("job_id"):
         state.save(fingerprint=fingerprint, model=cfg.model, created_by="selfinstruct")
