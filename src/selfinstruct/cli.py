@@ -267,10 +267,8 @@ def _run_step(
     model = opts.open(seed)
     batch_dir.mkdir(parents=True, exist_ok=True)
     ctx = StepContext(model=model, engine=opts.engine(), reporter=reporter)
-    try:
-        report = step(ctx, *args, settings=settings, **kwargs)
-    finally:
-        run_sync(model.aclose())
+    # Each step releases its connections as its event loop ends (run_sync's `release`).
+    report = step(ctx, *args, settings=settings, **kwargs)
     RunFile(batch_dir).record_step(
         report,
         command=command,
@@ -654,26 +652,23 @@ def run_cmd(
         ("Step 2: classification", lambda: identify_classification(ctx, batch_dir, s2), s2),
         ("Step 3: instances", lambda: generate_instances(ctx, batch_dir, s3), s3),
     ]
-    try:
-        for title, step, settings in steps:
-            report = step()
-            # The budgets are for the whole invocation: what this step spent is gone for the next.
-            ctx.engine = _remaining_budget(ctx.engine, report)
-            run_file.record_step(
-                report,
-                command="run",
-                config={**_settings_dict(settings), "model": opts.model_spec},
-                model=model.info,
-                seed=seed,
-                price=price,
+    for title, step, settings in steps:
+        report = step()
+        # The budgets are for the whole invocation: what this step spent is gone for the next.
+        ctx.engine = _remaining_budget(ctx.engine, report)
+        run_file.record_step(
+            report,
+            command="run",
+            config={**_settings_dict(settings), "model": opts.model_spec},
+            model=model.info,
+            seed=seed,
+            price=price,
+        )
+        _finish(report, reporter, title)
+        if not report.complete:
+            raise SelfInstructError(
+                f"{report.step} did not complete (see the summary); rerun to continue"
             )
-            _finish(report, reporter, title)
-            if not report.complete:
-                raise SelfInstructError(
-                    f"{report.step} did not complete (see the summary); rerun to continue"
-                )
-    finally:
-        run_sync(model.aclose())
     s4 = PrepareSettings(include_seed_tasks=include_seed_tasks)
     _prepare(batch_dir, s4, seed_tasks, reporter)
     if not opts.quiet:

@@ -267,7 +267,7 @@ def evaluate_model(
 
         if requests:
             eng = Engine(model, engine or EngineSettings())
-            run_sync(eng.run(requests, on_result, on_failure))
+            run_sync(eng.run(requests, on_result, on_failure), release=model)
             stats = eng.stats.to_dict()
     scores = score_file(out, ids=set(ids))
     return EvalResult(out, scores, len(todo) - failed, resumed, failed, stats)
@@ -297,17 +297,15 @@ def run_evaluation(
         timeout=timeout,
         seed=seed,
     )
-    try:
-        run_sync(model.check())
-        return evaluate_model(
-            model,
-            tasks,
-            out,
-            prompt_format=prompt_format,
-            sampling=sampling,
-            engine=engine,
-            limit=limit,
-            reporter=reporter,
-        )
-    finally:
-        run_sync(model.aclose())
+    # Each run_sync releases the connections it opened, whatever happens.
+    run_sync(model.check(), release=model)
+    return evaluate_model(
+        model,
+        tasks,
+        out,
+        prompt_format=prompt_format,
+        sampling=sampling,
+        engine=engine,
+        limit=limit,
+        reporter=reporter,
+    )
