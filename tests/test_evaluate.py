@@ -20,7 +20,7 @@ from selfinstruct.evaluate import (
     score_file,
     score_records,
 )
-from selfinstruct.finetune.commands import evaluate_command
+from selfinstruct.cli.train import evaluate_command
 from selfinstruct.finetune.data import read_examples
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "self-instruct"

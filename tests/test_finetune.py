@@ -229,7 +229,7 @@ def test_finetune_then_evaluate_gains_on_the_embedded_model(tmp_path: Path) -> N
     """The whole loop: LoRA on 200 examples, then llama.cpp answers 50 held-out ones with the
     GGUF adapter on top of the untouched base file."""
     _require_training_stack()
-    from selfinstruct.finetune.commands import evaluate_command, finetune_command
+    from selfinstruct.cli.train import evaluate_command, finetune_command
 
     started = time.monotonic()
     data = tmp_path / "all_generated_instances.jsonl"
@@ -313,7 +313,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     """--max-train-tokens stops a run (adapter written, checkpoint kept); the same command
     without the limit continues from the checkpoint and ends where an uninterrupted run ends."""
     _require_training_stack()
-    from selfinstruct.finetune.commands import finetune_command
+    from selfinstruct.cli.train import finetune_command
 
     data = tmp_path / "alpaca_data.json"
     data.write_text(json.dumps(_toy_data(24, seed=5)))
@@ -354,7 +354,7 @@ def test_full_fine_tuning_writes_a_gguf_that_llama_cpp_runs(tmp_path: Path) -> N
     _require_training_stack()
     from llama_cpp import Llama
 
-    from selfinstruct.finetune.commands import finetune_command
+    from selfinstruct.cli.train import finetune_command
     from selfinstruct.models.llamacpp import default_model_path
 
     data = tmp_path / "data.jsonl"

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from selfinstruct.errors import ModelError
-from selfinstruct.finetune.commands import finetune_command
+from selfinstruct.cli.train import finetune_command
 from selfinstruct.finetune.openai_jobs import OpenAIConfig, run_openai_finetune
 
 try:
@@ -119,7 +119,7 @@ def test_no_wait_then_rerun_resumes_the_same_job(tmp_path: Path, server, data) -
 def test_killed_while_polling_then_rerun_pays_once(tmp_path: Path, server, data) -> None:
     out = tmp_path / "oai"
     server.hold = True
-    code = "from selfinstruct.finetune.commands import finetune_command as c; c.main()"
+    code = "from selfinstruct.cli.train import finetune_command as c; c.main()"
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *_args(data, out, server)],

@@ -52,3 +52,9 @@ class MissingExtraError(SelfInstructError):
     """An optional dependency group is not installed; the message says what to install."""
 
     exit_code = 2
+
+
+class RunLockedError(SelfInstructError):
+    """Another process is using the run folder; the message names the folder and its pid."""
+
+    exit_code = 5

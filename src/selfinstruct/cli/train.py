@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from selfinstruct.cli import cli
 from selfinstruct.errors import ConfigError, SelfInstructError
 
 FINETUNE_EPILOG = """\b
@@ -20,7 +21,7 @@ Examples:
 """
 
 
-@click.command(
+@cli.command(
     "finetune",
     epilog=FINETUNE_EPILOG,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -301,7 +302,7 @@ Examples:
 """
 
 
-@click.command(
+@cli.command(
     "evaluate",
     epilog=EVALUATE_EPILOG,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},

@@ -1,0 +1,210 @@
+"""Options shared by the commands, each declared once, and what they become."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from selfinstruct.engine import EngineSettings, run_sync
+from selfinstruct.errors import ConfigError
+from selfinstruct.models import Model, load_model
+
+DEFAULT_MODEL = "local"
+
+def model_options(f: Callable) -> Callable:
+    options = [
+        click.option(
+            "--model",
+            "--engine",
+            "-m",
+            "model_spec",
+            default=DEFAULT_MODEL,
+            show_default=True,
+            help="Model spec: 'local' (embedded SmolLM2-135M-Instruct), 'local:PATH.gguf',"
+            " 'openai:MODEL' (chat API) or 'openai:MODEL?api=completions'. See README.",
+        ),
+        click.option(
+            "--base-url",
+            default=None,
+            envvar="OPENAI_BASE_URL",
+            help="OpenAI-compatible server URL  [default: $OPENAI_BASE_URL or OpenAI's]",
+        ),
+        click.option(
+            "--api-key",
+            "--api_key",
+            "api_key",
+            default=None,
+            help="API key  [default: $OPENAI_API_KEY; never written to any file]",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.1),
+            default=120.0,
+            show_default=True,
+            help="Seconds to wait for one HTTP response before retrying.",
+        ),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Requests in flight at once  [default: 8 for HTTP servers, 1 for local]",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(min=1),
+            default=8,
+            show_default=True,
+            help="Tries per request on timeouts, connection errors, 429 and 5xx.",
+        ),
+        click.option(
+            "--rpm",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Rate limit: requests per minute  [default: none]",
+        ),
+        click.option(
+            "--tpm",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Rate limit: tokens per minute (estimated before, counted after)  [default: none]",
+        ),
+        click.option(
+            "--max-requests",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Stop cleanly after this many requests in this invocation  [default: none]",
+        ),
+        click.option(
+            "--max-tokens-total",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Stop cleanly after this many tokens in this invocation  [default: none]",
+        ),
+        click.option(
+            "--price",
+            default=None,
+            metavar="IN,OUT",
+            help="USD per million prompt and completion tokens, for the cost in run.json.",
+        ),
+        click.option(
+            "--quiet", "-q", is_flag=True, help="No progress bars or summaries (errors still show)."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def seed_option(default: int) -> Callable:
+    return click.option(
+        "--seed",
+        type=int,
+        default=default,
+        show_default=True,
+        help="Sampling seed: prompts and the local model's decoding are reproducible with it"
+        " at concurrency 1.",
+    )
+
+
+def seed_tasks_option(f: Callable) -> Callable:
+    return click.option(
+        "--seed-tasks",
+        "--seed-tasks-path",
+        "--seed_tasks_path",
+        "seed_tasks",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Seed tasks: the original seed_tasks.jsonl format, or a .txt of instructions"
+        "  [default: our 175 built-in tasks]",
+    )(f)
+
+
+def run_folder_option(f: Callable) -> Callable:
+    return click.option(
+        "--batch-dir",
+        "--batch_dir",
+        "--out",
+        "-o",
+        "batch_dir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Run folder that holds every step's files.",
+    )(f)
+
+
+def request_batch_size_option(f: Callable) -> Callable:
+    return click.option(
+        "--request-batch-size",
+        "--request_batch_size",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Prompts per request where the API takes a list.",
+    )(f)
+
+
+def first_instructions_option(f: Callable) -> Callable:
+    return click.option(
+        "--num-instructions",
+        "--num_instructions",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Only the first N instructions  [default: all]",
+    )(f)
+
+
+@dataclasses.dataclass
+class ModelOptions:
+    model_spec: str
+    base_url: str | None
+    api_key: str | None
+    timeout: float
+    concurrency: int | None
+    max_attempts: int
+    rpm: float | None
+    tpm: float | None
+    max_requests: int | None
+    max_tokens_total: int | None
+    price: str | None
+    quiet: bool
+
+    @classmethod
+    def pop(cls, kwargs: dict[str, Any]) -> ModelOptions:
+        return cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)})
+
+    def engine(self) -> EngineSettings:
+        return EngineSettings(
+            concurrency=self.concurrency,
+            max_attempts=self.max_attempts,
+            requests_per_minute=self.rpm,
+            tokens_per_minute=self.tpm,
+            max_requests=self.max_requests,
+            max_tokens_total=self.max_tokens_total,
+        )
+
+    def parsed_price(self) -> tuple[float, float] | None:
+        if self.price is None:
+            return None
+        try:
+            prompt, completion = (float(x) for x in self.price.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--price {self.price!r}: expected two numbers, e.g. 0.15,0.60"
+            ) from None
+        return prompt, completion
+
+    def open(self, seed: int) -> Model:
+        model = load_model(
+            self.model_spec,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            seed=seed,
+        )
+        run_sync(model.check(), release=model)
+        return model
+
