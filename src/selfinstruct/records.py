@@ -6,6 +6,7 @@ either tool. Each record converts to and from the plain dict written as one JSON
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,3 +140,10 @@ class TrainingExample:
 
     def to_dict(self) -> dict[str, str]:
         return {"instruction": self.instruction, "input": self.input, "output": self.output}
+
+
+def example_key(instruction: str, input: str, output: str) -> str:
+    """A stable id of one (instruction, input, output) triple: what judgments and reviews are
+    keyed by, so that a rating follows its example through reruns of prepare."""
+    text = "\x1f".join(part.strip() for part in (instruction, input, output))
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
