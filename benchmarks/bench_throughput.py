@@ -58,7 +58,7 @@ from selfinstruct.engine import Engine, EngineSettings, Request  # noqa: E402
 from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling  # noqa: E402
 from selfinstruct.models.openai import OpenAIModel  # noqa: E402
 from selfinstruct.prompts import bootstrap_prompt  # noqa: E402
-from selfinstruct.records import INSTRUCTIONS_FILE  # noqa: E402
+from selfinstruct.runfolder import RunFolder  # noqa: E402
 from selfinstruct.seeds import default as default_seeds  # noqa: E402
 from selfinstruct.similarity import greedy_dedup  # noqa: E402
 from selfinstruct.steps import StepContext  # noqa: E402
@@ -254,7 +254,7 @@ def make_pool(size: int, seeds: list[str], seed: int = 1234) -> list[str]:
 
 def write_pool(out_dir: Path, pool: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / INSTRUCTIONS_FILE, "w") as f:
+    with open(RunFolder(out_dir).instructions, "w") as f:
         for i, text in enumerate(pool):
             record = {
                 "instruction": text,

@@ -12,7 +12,7 @@ from rouge_score import rouge_scorer
 
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ModelError
-from selfinstruct.evaluate import (
+from selfinstruct.evaluation import (
     build_prompt,
     evaluate_model,
     format_table,
@@ -169,7 +169,7 @@ def test_cli_modes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_local_specs_answer_through_the_chat_template(tmp_path: Path) -> None:
-    from selfinstruct.evaluate import load_answering_model
+    from selfinstruct.evaluation import load_answering_model
 
     model = load_answering_model("local")
     assert model.info.api == "chat"

@@ -24,7 +24,7 @@ import pytest
 from selfinstruct.engine import EngineSettings
 from selfinstruct.io import read_jsonl
 from selfinstruct.models.openai import OpenAIModel
-from selfinstruct.records import INSTANCES_FILE, INSTRUCTIONS_FILE
+from selfinstruct.runfolder import RunFolder
 from selfinstruct.seeds import default as default_seeds
 from selfinstruct.steps import StepContext
 from selfinstruct.steps.classify import ClassifySettings, identify_classification
@@ -91,7 +91,7 @@ def logged_blob(entries: list[dict]) -> str:
 
 
 def check_instructions(out: Path, n: int, entries: list[dict]) -> list[str]:
-    records = read_jsonl(out / INSTRUCTIONS_FILE)
+    records = read_jsonl(RunFolder(out).instructions)
     texts = [r["instruction"] for r in records]
     assert len(texts) == n and len(set(texts)) == n
     blob = logged_blob(entries)
@@ -136,7 +136,7 @@ def test_all_steps_complete_through_injected_faults(tmp_path):
     labels = read_jsonl(next(out.glob("is_clf_or_not_*.jsonl")))
     assert sorted(r["instruction"] for r in labels) == sorted(texts)
     assert {r["is_classification"] for r in labels} <= {"Yes", "No"}
-    instances = read_jsonl(out / INSTANCES_FILE)
+    instances = read_jsonl(RunFolder(out).instances)
     assert sorted(r["instruction"] for r in instances) == sorted(texts)
     assert all(r["raw_instances"].strip() for r in instances)
     assert (out / "finetuning_data" / "alpaca_data.json").exists()
@@ -183,7 +183,7 @@ def test_cli_run_through_a_few_faults_records_retries_in_run_json(tmp_path):
     # The completions API got the paper's list prompts: 5 to a step-1 request.
     step1 = [e for e in entries if e["status"] == 200 and e["fault"] is None]
     assert any(len(e["texts"]) == 5 for e in step1)
-    assert len(read_jsonl(out / INSTANCES_FILE)) == len(texts)
+    assert len(read_jsonl(RunFolder(out).instances)) == len(texts)
     assert "sk-cli-key-0123456789" not in (out / "run.json").read_text()
 
 
@@ -215,7 +215,7 @@ def test_refused_key_stops_at_once_with_one_line(tmp_path):
     for path in out.rglob("*"):
         if path.is_file():
             assert wrong not in path.read_text(errors="replace")
-    assert read_jsonl(out / INSTRUCTIONS_FILE) == []
+    assert read_jsonl(RunFolder(out).instructions) == []
 
 
 # -- (c) a budget stop leaves a folder that resumes --------------------------------------------
@@ -232,7 +232,7 @@ def test_budget_stop_leaves_a_resumable_folder(tmp_path):
         ]  # fmt: skip
         stopped = selfinstruct(*command, "--max-requests", "3")
         first_entries = generation_log(server)
-        before = (out / INSTRUCTIONS_FILE).read_bytes()
+        before = (RunFolder(out).instructions).read_bytes()
         resumed = selfinstruct(*command)
         entries = generation_log(server)
 
@@ -244,12 +244,12 @@ def test_budget_stop_leaves_a_resumable_folder(tmp_path):
     assert 0 < len(kept_at_stop) <= 3 * 5
 
     assert resumed.returncode == 0, resumed.stderr
-    after = (out / INSTRUCTIONS_FILE).read_bytes()
+    after = (RunFolder(out).instructions).read_bytes()
     assert after.startswith(before)  # nothing kept before the stop was lost or rewritten
     texts = check_instructions(out, 30, entries)
     labels = read_jsonl(next(out.glob("is_clf_or_not_*.jsonl")))
     assert sorted(r["instruction"] for r in labels) == sorted(texts)
-    instances = read_jsonl(out / INSTANCES_FILE)
+    instances = read_jsonl(RunFolder(out).instances)
     assert sorted(r["instruction"] for r in instances) == sorted(texts)
     run = json.loads((out / "run.json").read_text())
     step1 = run["steps"]["instructions"]
@@ -365,7 +365,7 @@ def test_server_refusing_list_prompts_gets_one_prompt_per_request(tmp_path, stat
     assert proxy.refused == 2  # the list is tried twice before prompts go one by one
     # The refused request's 5 prompts went one by one, and so did every later prompt.
     assert len(proxy.passed) == 5 * report.engine.requests
-    texts = [r["instruction"] for r in read_jsonl(tmp_path / INSTRUCTIONS_FILE)]
+    texts = [r["instruction"] for r in read_jsonl(RunFolder(tmp_path).instructions)]
     assert len(texts) == 40 == len(set(texts))
 
 

@@ -18,15 +18,15 @@ from selfinstruct.finetune.data import (
     Example,
     read_examples,
     split_examples,
-    split_gpt3_prompt,
 )
 from selfinstruct.finetune.export import permute_rows, read_gguf_header
 from selfinstruct.records import TrainingExample
-from selfinstruct.steps.prepare import (
+from selfinstruct.formats import (
     TEMPLATES_WITH_INPUT,
     TEMPLATES_WITHOUT_INPUT,
     chat_record,
     encode,
+    split_prompt,
 )
 
 TRAINING_STACK = ("torch", "transformers", "peft", "gguf")
@@ -75,14 +75,14 @@ def test_every_format_we_write_reads_as_the_same_examples(tmp_path: Path) -> Non
     instances.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in examples))
     # openai_chat_finetuning_data.jsonl, alpaca_data.json, gpt3_finetuning_data_N.jsonl
     chat = tmp_path / "openai_chat_finetuning_data.jsonl"
-    chat.write_text("".join(json.dumps(chat_record(e)) + "\n" for e in examples))
+    chat.write_text(
+        "".join(json.dumps(chat_record(e.instruction, e.input, e.output)) + "\n" for e in examples)
+    )
     alpaca = tmp_path / "alpaca_data.json"
     alpaca.write_text(json.dumps([e.to_dict() for e in examples], indent=2))
     gpt3 = tmp_path / f"gpt3_finetuning_data_{len(examples)}.jsonl"
     gpt3.write_text(
-        "".join(
-            json.dumps(encode((e.instruction, e.input, e.output), rng)) + "\n" for e in examples
-        )
+        "".join(json.dumps(encode(e.instruction, e.input, e.output, rng)) + "\n" for e in examples)
     )
     expected = [(e.instruction, e.input, e.output) for e in examples]
     for path in (instances, chat, alpaca):
@@ -111,12 +111,12 @@ def test_each_release_template_is_undone(template: tuple[str, str], tmp_path: Pa
 
 
 def test_gpt3_multiline_input_and_unknown_prompts() -> None:
-    assert split_gpt3_prompt("Fix the code.\n\nx = 1\n\ny = 2\n\n") == (
+    assert split_prompt("Fix the code.\n\nx = 1\n\ny = 2\n\n") == (
         "Fix the code.",
         "x = 1\n\ny = 2",
     )
-    assert split_gpt3_prompt("Fix the code.\nx = 1\ny = 2\n\n") == ("Fix the code.", "x = 1\ny = 2")
-    assert split_gpt3_prompt("no template here") is None
+    assert split_prompt("Fix the code.\nx = 1\ny = 2\n\n") == ("Fix the code.", "x = 1\ny = 2")
+    assert split_prompt("no template here") is None
 
 
 def test_unrecoverable_prompt_and_task_formats(tmp_path: Path) -> None:

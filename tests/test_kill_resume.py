@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer, tokenizers
 
-from selfinstruct.records import INSTRUCTIONS_FILE
+from selfinstruct.runfolder import RunFolder
 from selfinstruct.seeds import default as default_seeds
 
 pytest.importorskip("aiohttp")
@@ -119,7 +119,7 @@ def test_kill_nine_at_random_moments_then_resume(tmp_path):
     seeds = [t.instruction for t in default_seeds()]
     rng = random.Random(20240607)
     out = tmp_path / "killed"
-    path = out / INSTRUCTIONS_FILE
+    path = RunFolder(out).instructions
     t0 = time.monotonic()
     with running_fault_server(log_path=tmp_path / "server.jsonl", **SERVER) as server:
         cmd = command(out, server.base_url)
@@ -179,6 +179,6 @@ def test_kill_nine_at_random_moments_then_resume(tmp_path):
         straight = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert straight.returncode == 0, straight.stderr
         served = served_texts(server)
-    straight_texts = check_final(straight_out / INSTRUCTIONS_FILE, seeds, served)
+    straight_texts = check_final(RunFolder(straight_out).instructions, seeds, served)
     assert len(straight_texts) == len(killed_texts) == TARGET
     assert len(set(straight_texts)) == len(set(killed_texts)) == TARGET

@@ -10,16 +10,12 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-# File names of the original release, kept so that folders are interchangeable.
-INSTRUCTIONS_FILE = "machine_generated_instructions.jsonl"
-INSTANCES_FILE = "machine_generated_instances.jsonl"
-CLASSIFICATION_FILE_PATTERN = "is_clf_or_not_{engine}_{template}.jsonl"
-FINETUNING_DIR = "finetuning_data"
-ALL_INSTANCES_FILE = "all_generated_instances.jsonl"
-GPT3_FINETUNING_FILE_PATTERN = "gpt3_finetuning_data_{count}.jsonl"
-CHAT_FINETUNING_FILE = "openai_chat_finetuning_data.jsonl"
-ALPACA_FILE = "alpaca_data.json"
-RUN_FILE = "run.json"
+_YES = ("Yes", "yes", "YES")
+
+
+def is_yes(answer: str) -> bool:
+    """The original scripts' reading of a step-2 answer: only an exact yes after strip."""
+    return answer.strip() in _YES
 
 
 @dataclass(frozen=True)
@@ -94,7 +90,7 @@ class ClassificationLabel:
     @property
     def as_bool(self) -> bool:
         # The original's reading: anything but a plain yes counts as "not classification".
-        return self.is_classification.strip() in ("Yes", "yes", "YES")
+        return is_yes(self.is_classification)
 
 
 @dataclass

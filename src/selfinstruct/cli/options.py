@@ -1,4 +1,9 @@
-"""Options shared by the commands, each declared once, and what they become."""
+"""Options shared by the commands, each declared once, and what they become.
+
+`model_options` is everything a model-calling command takes: the model spec, the connection,
+and the engine's concurrency, retries, rates, budgets and prices. `ModelOptions` turns them into
+a `Pipeline`, a `Model` or `EngineSettings`.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,48 @@ from typing import Any
 
 import click
 
-from selfinstruct.engine import EngineSettings, run_sync
+from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ConfigError
 from selfinstruct.models import Model, load_model
 
 DEFAULT_MODEL = "local"
 
+
+def _apply(f: Callable, options: list[Callable]) -> Callable:
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+BASE_URL = click.option(
+    "--base-url",
+    default=None,
+    envvar="OPENAI_BASE_URL",
+    help="OpenAI-compatible server URL  [default: $OPENAI_BASE_URL or OpenAI's]",
+)
+API_KEY = click.option(
+    "--api-key",
+    "--api_key",
+    "api_key",
+    default=None,
+    help="API key  [default: $OPENAI_API_KEY; never written to any file]",
+)
+QUIET = click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bars or summaries (errors still show)."
+)
+
+
+def connection_options(f: Callable) -> Callable:
+    """--base-url and --api-key, for commands that reach an OpenAI-compatible server."""
+    return _apply(f, [BASE_URL, API_KEY])
+
+
+def quiet_option(f: Callable) -> Callable:
+    return QUIET(f)
+
+
 def model_options(f: Callable) -> Callable:
+    """The model spec, its connection, and the engine's limits and budgets."""
     options = [
         click.option(
             "--model",
@@ -27,19 +67,8 @@ def model_options(f: Callable) -> Callable:
             help="Model spec: 'local' (embedded SmolLM2-135M-Instruct), 'local:PATH.gguf',"
             " 'openai:MODEL' (chat API) or 'openai:MODEL?api=completions'. See README.",
         ),
-        click.option(
-            "--base-url",
-            default=None,
-            envvar="OPENAI_BASE_URL",
-            help="OpenAI-compatible server URL  [default: $OPENAI_BASE_URL or OpenAI's]",
-        ),
-        click.option(
-            "--api-key",
-            "--api_key",
-            "api_key",
-            default=None,
-            help="API key  [default: $OPENAI_API_KEY; never written to any file]",
-        ),
+        BASE_URL,
+        API_KEY,
         click.option(
             "--timeout",
             type=click.FloatRange(min=0.1),
@@ -90,13 +119,9 @@ def model_options(f: Callable) -> Callable:
             metavar="IN,OUT",
             help="USD per million prompt and completion tokens, for the cost in run.json.",
         ),
-        click.option(
-            "--quiet", "-q", is_flag=True, help="No progress bars or summaries (errors still show)."
-        ),
+        QUIET,
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return _apply(f, options)
 
 
 def seed_option(default: int) -> Callable:
@@ -197,14 +222,39 @@ class ModelOptions:
             ) from None
         return prompt, completion
 
-    def open(self, seed: int) -> Model:
-        model = load_model(
+    def load(self, seed: int) -> Model:
+        """The model, not yet checked (the first call that uses it checks it)."""
+        return load_model(
             self.model_spec,
             base_url=self.base_url,
             api_key=self.api_key,
             timeout=self.timeout,
             seed=seed,
         )
+
+    def open(self, seed: int) -> Model:
+        """The model, checked: an unreachable server or a refused key fails here."""
+        from selfinstruct.engine import run_sync
+
+        model = self.load(seed)
         run_sync(model.check(), release=model)
         return model
 
+    def pipeline(
+        self, out: Path, *, seed: int, seeds: Path | None = None, command: str = ""
+    ):  # -> selfinstruct.pipeline.Pipeline
+        from selfinstruct.pipeline import Pipeline
+
+        return Pipeline(
+            out,
+            self.model_spec,
+            seeds=seeds,
+            engine=self.engine(),
+            base_url=self.base_url,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            seed=seed,
+            price=self.parsed_price(),
+            progress=not self.quiet,
+            command=command,
+        )

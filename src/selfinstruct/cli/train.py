@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from selfinstruct.cli import cli
-from selfinstruct.errors import ConfigError, SelfInstructError
+from selfinstruct.cli.options import (
+    ModelOptions,
+    connection_options,
+    model_options,
+    quiet_option,
+    seed_option,
+)
+from selfinstruct.errors import BudgetExhausted, ConfigError, SelfInstructError
 
 FINETUNE_EPILOG = """\b
 Examples:
@@ -165,17 +173,7 @@ Examples:
     is_flag=True,
     help="Discard OUT's checkpoint or job record and start over (openai: a new, paid job).",
 )
-@click.option(
-    "--api-key",
-    default=None,
-    help="[openai] API key  [default: $OPENAI_API_KEY; never written to any file]",
-)
-@click.option(
-    "--base-url",
-    default=None,
-    envvar="OPENAI_BASE_URL",
-    help="[openai] Server URL  [default: $OPENAI_BASE_URL or OpenAI's]",
-)
+@connection_options
 @click.option("--suffix", default=None, help="[openai] Suffix of the fine-tuned model's name.")
 @click.option(
     "--poll-interval",
@@ -189,7 +187,7 @@ Examples:
     is_flag=True,
     help="[openai] Start (or check) the job and exit; rerun the command to resume polling.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages (errors show).")
+@quiet_option
 def finetune_command(data: Path, out: Path, backend: str, **opts: object) -> None:
     """Fine-tune a model on DATA and write the result to OUT.
 
@@ -309,14 +307,6 @@ Examples:
 )
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "--model",
-    "-m",
-    "model_spec",
-    default=None,
-    help="Model spec to answer with: 'local', 'local?lora=DIR', 'local:PATH.gguf',"
-    " 'openai:MODEL', ...",
-)
-@click.option(
     "--tasks",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -371,38 +361,7 @@ Examples:
     default=None,
     help="Answer only the first N tasks  [default: all]",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Requests in flight at once  [default: 8 for HTTP servers, 1 for local]",
-)
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Tries per request on timeouts, connection errors, 429 and 5xx.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=120.0,
-    show_default=True,
-    help="Seconds to wait for one HTTP response before retrying.",
-)
-@click.option(
-    "--base-url",
-    default=None,
-    envvar="OPENAI_BASE_URL",
-    help="OpenAI-compatible server URL  [default: $OPENAI_BASE_URL or OpenAI's]",
-)
-@click.option(
-    "--api-key",
-    default=None,
-    help="API key  [default: $OPENAI_API_KEY; never written to any file]",
-)
+@seed_option(0)
 @click.option(
     "--format",
     "table_format",
@@ -411,10 +370,9 @@ Examples:
     show_default=True,
     help="How scores are printed on stdout.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages (errors show).")
+@model_options
 def evaluate_command(
     files: tuple[Path, ...],
-    model_spec: str | None,
     tasks: Path | None,
     out: Path | None,
     predictions: tuple[Path, ...],
@@ -425,13 +383,8 @@ def evaluate_command(
     stop: tuple[str, ...],
     limit: int | None,
     seed: int,
-    concurrency: int | None,
-    max_attempts: int,
-    timeout: float,
-    base_url: str | None,
-    api_key: str | None,
     table_format: str,
-    quiet: bool,
+    **kwargs: Any,
 ) -> None:
     """Answer a task file with a model and score it (ROUGE-L F1, exact match, length), score
     existing prediction files, or compare several side by side.
@@ -442,11 +395,12 @@ def evaluate_command(
       --predictions FILE [--predictions FILE ...]  score files in the release's format
       --compare A.jsonl B.jsonl ...                 score and rank by ROUGE-L
     """
-    from selfinstruct import evaluate as ev
+    from selfinstruct import evaluation as ev
     from selfinstruct.progress import Reporter
 
-    reporter = Reporter(quiet=quiet)
-    generating = model_spec is not None or tasks is not None or out is not None
+    opts = ModelOptions.pop(kwargs)
+    reporter = Reporter(quiet=opts.quiet)
+    generating = tasks is not None or out is not None
     modes = sum([generating, bool(predictions), compare])
     if modes != 1:
         raise ConfigError(
@@ -464,28 +418,33 @@ def evaluate_command(
         scores = [ev.score_file(f) for f in predictions]
         _print_scores(ev, scores, table_format, ranked=False)
         return
-    if model_spec is None or tasks is None or out is None:
-        raise ConfigError("generating needs --model, --tasks and --out")
-    from selfinstruct.engine import EngineSettings
+    if tasks is None or out is None:
+        raise ConfigError("generating needs --tasks and --out (and --model, default: local)")
     from selfinstruct.models.base import Sampling
 
-    result = ev.run_evaluation(
-        model_spec,
+    opts.parsed_price()  # a malformed --price stops before any model call
+    result = ev.evaluate(
+        opts.model_spec,
         tasks,
         out,
         prompt_format=prompt_format,
         sampling=Sampling(
             max_tokens=max_tokens, temperature=temperature, stop=tuple(stop), seed=seed
         ),
-        engine=EngineSettings(concurrency=concurrency, max_attempts=max_attempts),
+        engine=opts.engine(),
         limit=limit,
         reporter=reporter,
-        base_url=base_url,
-        api_key=api_key,
-        timeout=timeout,
+        base_url=opts.base_url,
+        api_key=opts.api_key,
+        timeout=opts.timeout,
         seed=seed,
     )
     _print_scores(ev, [result.scores], table_format, ranked=False)
+    if result.engine.get("budget_stop"):
+        which = result.engine["budget_stop"].replace("_", "-")
+        raise BudgetExhausted(
+            f"stopped at the {which} budget; {out} keeps every answer: rerun to continue"
+        )
     if result.failed:
         raise SelfInstructError(
             f"{result.failed} task(s) got no answer after their retries; rerun the same command"

@@ -20,24 +20,16 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import DataFileError
+from selfinstruct.formats import render_user, split_prompt, split_user, strip_completion
 from selfinstruct.io import iter_jsonl
 
-END_OF_TEXT = "<|endoftext|>"
-
 Warn = Callable[[str], None]
-
-
-def render_user(instruction: str, input: str = "") -> str:
-    """The user turn of an instruction and its input: the chat file's rendering."""
-    instruction, input = instruction.strip(), input.strip()
-    return f"{instruction}\n\n{input}" if input else instruction
 
 
 @dataclass(frozen=True)
@@ -77,57 +69,6 @@ class Example:
         messages.append({"role": "user", "content": self.user})
         messages.append({"role": "assistant", "content": self.output})
         return messages
-
-
-# --- GPT-3 prompt/completion ----------------------------------------------------------------
-#
-# The paper's templates (see steps/prepare.py). With an input:
-#   "{i}\nInput: {x}\nOutput:"  "{i}\n\nInput: {x}\n\nOutput:"  "Task: {i}\nInput: {x}\nOutput:"
-#   "{i}\n\n{x}\n\nOutput:"  "{i}\n\n{x}\n\n"  "{i}\n{x}\n\n"  "Task: {i}\n\n{x}\n\n"
-# Without: "{i} Output:"  "{i}\nOutput:"  "{i}\n\nOutput:"  "{i}\n"  "{i}\n\n"  "Task: {i}\n\n"
-# Some pairs cannot be told apart by their shape alone ("{i}\n\n{x}\n\n" and "{i}\n\n"); the
-# rule that settles them: an instruction is one line (the pipeline folds each onto one), so
-# the first blank line, or for prompts ending in a blank line the first line break, ends it.
-
-_MARKED_INPUT = (
-    re.compile(r"(?s)\ATask: (?P<i>.*?)\nInput: (?P<x>.*)\nOutput:\Z"),
-    re.compile(r"(?s)\A(?P<i>.*?)\n\nInput: (?P<x>.*)\n\nOutput:\Z"),
-    re.compile(r"(?s)\A(?P<i>.*?)\nInput: (?P<x>.*)\nOutput:\Z"),
-)
-
-
-def split_gpt3_prompt(prompt: str) -> tuple[str, str] | None:
-    """(instruction, input) of a prompt made with one of the paper's templates, else None."""
-    for pattern in _MARKED_INPUT:
-        m = pattern.match(prompt)
-        if m:
-            return m.group("i").strip(), m.group("x").strip()
-    body: str
-    if prompt.endswith(" Output:") and not prompt.endswith("\nOutput:"):
-        return prompt[: -len(" Output:")].strip(), ""
-    if prompt.endswith("\n\nOutput:"):
-        body = prompt[: -len("\n\nOutput:")]
-        head, sep, tail = body.partition("\n\n")
-        return (head.strip(), tail.strip()) if sep else (body.strip(), "")
-    if prompt.endswith("\nOutput:"):
-        return prompt[: -len("\nOutput:")].strip(), ""
-    if prompt.endswith("\n\n"):
-        body = prompt[:-2]
-        if body.startswith("Task: "):
-            body = body[len("Task: ") :]
-        # "{i}\n\n{x}\n\n" or "{i}\n{x}\n\n": either way the first line break ends {i}
-        head, sep, tail = body.partition("\n")
-        return (head.strip(), tail.strip()) if sep else (body.strip(), "")
-    if prompt.endswith("\n"):
-        return prompt[:-1].strip(), ""
-    return None
-
-
-def strip_completion(completion: str) -> str:
-    text = completion
-    if text.endswith(END_OF_TEXT):
-        text = text[: -len(END_OF_TEXT)]
-    return text.strip()
 
 
 # --- one record -----------------------------------------------------------------------------
@@ -181,7 +122,7 @@ def examples_from_record(record: dict[str, Any], where: str) -> list[Example]:
     if "prompt" in record and "completion" in record:
         prompt = _text(record, "prompt", where)
         output = strip_completion(_text(record, "completion", where))
-        split = split_gpt3_prompt(prompt)
+        split = split_prompt(prompt)
         if split is None:
             return [Example(output=output, prompt=prompt.strip(), id=rid)]
         return [Example(output=output, instruction=split[0], input=split[1], id=rid)]
@@ -215,12 +156,11 @@ def _from_chat(messages: Any, where: str, rid: str | None) -> Example:
         )
     user = str(messages[0].get("content") or "")
     output = str(messages[1].get("content") or "").strip()
-    # The chat file renders "instruction\n\ninput": the first blank line ends the instruction.
-    head, sep, tail = user.strip().partition("\n\n")
+    instruction, input = split_user(user)
     return Example(
         output=output,
-        instruction=head.strip(),
-        input=tail.strip() if sep else "",
+        instruction=instruction,
+        input=input,
         system=system,
         id=rid,
     )

@@ -3,21 +3,34 @@ folder, appends its own records as they are accepted, and resumes where it stopp
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfinstruct.engine import EngineSettings, EngineStats
+from selfinstruct.engine import EngineSettings, EngineStats, run_sync
 from selfinstruct.models.base import Model, Usage
 from selfinstruct.progress import Reporter
 
 
 @dataclass
 class StepContext:
-    """What every model-calling step needs, whatever backend or storage it runs on."""
+    """What every model-calling step needs, whatever backend or storage it runs on.
+
+    With a `runner`, every step of a pipeline runs on that one event loop, so HTTP connections
+    are reused from step to step; without one, each call gets its own loop and the model's
+    connections are released when it ends.
+    """
 
     model: Model
     engine: EngineSettings = field(default_factory=EngineSettings)
     reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
+    runner: asyncio.Runner | None = None
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        if self.runner is not None:
+            return self.runner.run(coro)
+        return run_sync(coro, release=self.model)
 
 
 @dataclass

@@ -6,26 +6,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfinstruct.engine import Engine, Request, RequestFailed, run_sync
-from selfinstruct.errors import DataFileError
+from selfinstruct.engine import Engine, Request, RequestFailed
 from selfinstruct.io import JsonlAppender
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.prompts import classification_prompt
-from selfinstruct.records import (
-    CLASSIFICATION_FILE_PATTERN,
-    INSTRUCTIONS_FILE,
-    ClassificationLabel,
-)
+from selfinstruct.records import ClassificationLabel
+from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
-from selfinstruct.steps.common import (
-    batched,
-    done_instructions,
-    engine_slug,
-    load_instruction_records,
-)
+from selfinstruct.steps.common import batched
 from selfinstruct.steps.parsing import parse_yes_no
 
-TEMPLATE = "template_1"
 PAPER_SAMPLING = Sampling(
     max_tokens=3,
     temperature=0.0,
@@ -40,44 +30,26 @@ PAPER_SAMPLING = Sampling(
 class ClassifySettings:
     num_instructions: int | None = None  # only the first N instructions
     request_batch_size: int = 5
-    input_file: str = INSTRUCTIONS_FILE
+    input_file: str | None = None  # default: the run folder's instructions file
     output_file: str | None = None  # default: is_clf_or_not_{engine}_template_1.jsonl
     sampling: Sampling = field(default_factory=lambda: PAPER_SAMPLING)
 
 
-def classification_file_name(model_name: str) -> str:
-    return CLASSIFICATION_FILE_PATTERN.format(engine=engine_slug(model_name), template=TEMPLATE)
-
-
-def find_classification_file(batch_dir: Path, preferred: str | None = None) -> Path:
-    """The folder's is_clf_or_not_*.jsonl: the preferred name if present, else the only one."""
-    if preferred and (batch_dir / preferred).exists():
-        return batch_dir / preferred
-    found = sorted(batch_dir.glob("is_clf_or_not_*.jsonl"))
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise DataFileError(
-            f"{batch_dir}: no is_clf_or_not_*.jsonl (run 'selfinstruct identify-clf' first)"
-        )
-    names = ", ".join(p.name for p in found)
-    raise DataFileError(
-        f"{batch_dir}: several classification files ({names}); choose one with"
-        " --classification-file"
-    )
-
-
 def identify_classification(
-    ctx: StepContext, batch_dir: str | Path, settings: ClassifySettings | None = None
+    ctx: StepContext, run: str | Path | RunFolder, settings: ClassifySettings | None = None
 ) -> StepReport:
     s = settings or ClassifySettings()
-    batch_dir = Path(batch_dir)
-    out_path = batch_dir / (s.output_file or classification_file_name(ctx.model.info.name))
-    report = StepReport("classify", outputs=[str(out_path)])
-    records = load_instruction_records(
-        batch_dir / s.input_file, ctx.reporter, limit=s.num_instructions
+    rf = RunFolder.of(run)
+    warn = ctx.reporter.warn
+    out_path = (
+        rf.path / s.output_file
+        if s.output_file
+        else rf.classification_file_for(ctx.model.info.name)
     )
-    done = done_instructions(out_path, ctx.reporter)
+    report = StepReport("classify", outputs=[str(out_path)])
+    input_path = rf.path / s.input_file if s.input_file else None
+    records = rf.read_instructions(path=input_path, limit=s.num_instructions, warn=warn)
+    done = rf.done_instructions(out_path, warn=warn)
     pending = [r["instruction"] for r in records if r["instruction"] not in done]
     per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
     answers: Counter[str] = Counter()
@@ -110,9 +82,9 @@ def identify_classification(
         )
         engine = Engine(ctx.model, ctx.engine, usage=report.usage)
         report.engine = engine.stats
-        run_sync(engine.run(requests, on_result, on_failure), release=ctx.model)
+        ctx.run(engine.run(requests, on_result, on_failure))
 
-    labelled = len(done_instructions(out_path, ctx.reporter))
+    labelled = len(rf.done_instructions(out_path, warn=warn))
     report.counts = {
         "instructions": len(records),
         "labelled_in_file": labelled,

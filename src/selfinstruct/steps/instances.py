@@ -10,19 +10,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfinstruct.engine import Engine, Request, RequestFailed, run_sync
-from selfinstruct.io import JsonlAppender, read_jsonl
+from selfinstruct.engine import Engine, Request, RequestFailed
+from selfinstruct.io import JsonlAppender
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.prompts import instance_prompt
-from selfinstruct.records import (
-    INSTANCES_FILE,
-    INSTRUCTIONS_FILE,
-    ClassificationLabel,
-    InstanceGeneration,
-)
+from selfinstruct.records import InstanceGeneration
+from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport, response_metadata
-from selfinstruct.steps.classify import find_classification_file
-from selfinstruct.steps.common import batched, done_instructions, load_instruction_records
+from selfinstruct.steps.common import batched
 
 # The classification template is longer, so the paper left it fewer tokens.
 CLASSIFICATION_MAX_TOKENS = 300
@@ -47,34 +42,23 @@ class InstanceSettings:
     request_batch_size: int = 5
     generation_tasks_only: bool = False
     classification_tasks_only: bool = False
-    input_file: str = INSTRUCTIONS_FILE
-    output_file: str = INSTANCES_FILE
-    classification_file: str | None = None
-
-
-def read_labels(path: Path, reporter) -> dict[str, bool]:  # type: ignore[no-untyped-def]
-    labels = {}
-    for record in read_jsonl(path, warn=reporter.warn):
-        if isinstance(record.get("instruction"), str):
-            label = ClassificationLabel(
-                record["instruction"], str(record.get("is_classification", ""))
-            )
-            labels[label.instruction] = label.as_bool
-    return labels
+    input_file: str | None = None  # default: the run folder's instructions file
+    output_file: str | None = None  # default: the run folder's instances file
+    classification_file: str | None = None  # default: the folder's is_clf_or_not file
 
 
 def generate_instances(
-    ctx: StepContext, batch_dir: str | Path, settings: InstanceSettings | None = None
+    ctx: StepContext, run: str | Path | RunFolder, settings: InstanceSettings | None = None
 ) -> StepReport:
     s = settings or InstanceSettings()
-    batch_dir = Path(batch_dir)
-    out_path = batch_dir / s.output_file
+    rf = RunFolder.of(run)
+    warn = ctx.reporter.warn
+    out_path = rf.path / s.output_file if s.output_file else rf.instances
     report = StepReport("instances", outputs=[str(out_path)])
-    records = load_instruction_records(
-        batch_dir / s.input_file, ctx.reporter, limit=s.num_instructions
-    )
-    clf_path = find_classification_file(batch_dir, s.classification_file)
-    labels = read_labels(clf_path, ctx.reporter)
+    input_path = rf.path / s.input_file if s.input_file else None
+    records = rf.read_instructions(path=input_path, limit=s.num_instructions, warn=warn)
+    clf_path = rf.find_classification_file(s.classification_file)
+    labels = rf.read_labels([clf_path], warn=warn)
     unlabelled = [r for r in records if r["instruction"] not in labels]
     records = [r for r in records if r["instruction"] in labels]
     if s.classification_tasks_only:
@@ -82,7 +66,7 @@ def generate_instances(
     if s.generation_tasks_only:
         records = [r for r in records if not labels[r["instruction"]]]
 
-    done = done_instructions(out_path, ctx.reporter)
+    done = rf.done_instructions(out_path, warn=warn)
     pending = [r for r in records if r["instruction"] not in done]
     per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
     counts: Counter[str] = Counter()
@@ -133,9 +117,9 @@ def generate_instances(
 
         engine = Engine(ctx.model, ctx.engine, usage=report.usage)
         report.engine = engine.stats
-        run_sync(engine.run(requests, on_result, on_failure), release=ctx.model)
+        ctx.run(engine.run(requests, on_result, on_failure))
 
-    done_after = done_instructions(out_path, ctx.reporter)
+    done_after = rf.done_instructions(out_path, warn=warn)
     in_file = len(done_after)
     report.counts = {
         "tasks": len(records),

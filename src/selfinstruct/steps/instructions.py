@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from selfinstruct.engine import WAIT, Engine, Request, RequestFailed, run_sync
+from selfinstruct.engine import WAIT, Engine, Request, RequestFailed
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
 from selfinstruct.io import JsonlAppender, read_jsonl
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.prompts import bootstrap_prompt
-from selfinstruct.records import INSTRUCTIONS_FILE, MachineInstruction, SeedTask
+from selfinstruct.records import MachineInstruction, SeedTask
+from selfinstruct.runfolder import RunFolder
 from selfinstruct.similarity import RougeLIndex
 from selfinstruct.steps import StepContext, StepReport, response_metadata
 from selfinstruct.steps.parsing import capitalize_first, split_numbered_list
@@ -57,11 +58,11 @@ class InstructionSettings:
 def generate_instructions(
     ctx: StepContext,
     seeds: list[SeedTask],
-    out_dir: str | Path,
+    run: str | Path | RunFolder,
     settings: InstructionSettings | None = None,
 ) -> StepReport:
     s = settings or InstructionSettings()
-    out_path = Path(out_dir) / INSTRUCTIONS_FILE
+    out_path = RunFolder.of(run).instructions
     report = StepReport("instructions", outputs=[str(out_path)])
     if s.classification_only:
         seeds = [t for t in seeds if t.is_classification]
@@ -167,7 +168,7 @@ def generate_instructions(
 
         engine = Engine(ctx.model, ctx.engine, usage=report.usage, jitter_seed=s.seed)
         report.engine = engine.stats
-        run_sync(engine.run(next_request, on_result, on_failure), release=ctx.model)
+        ctx.run(engine.run(next_request, on_result, on_failure))
 
     report.counts = {
         "instructions_in_file": len(machine),

@@ -14,58 +14,28 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any
 
-from selfinstruct.io import read_jsonl, write_atomic, write_jsonl_atomic
+from selfinstruct.formats import END_TOKEN, chat_record, encode, vary_input
+from selfinstruct.io import write_atomic, write_jsonl_atomic
 from selfinstruct.progress import Reporter
-from selfinstruct.records import (
-    ALL_INSTANCES_FILE,
-    ALPACA_FILE,
-    CHAT_FINETUNING_FILE,
-    FINETUNING_DIR,
-    GPT3_FINETUNING_FILE_PATTERN,
-    INSTANCES_FILE,
-    SeedTask,
-    TrainingExample,
-)
+from selfinstruct.records import SeedTask, TrainingExample
+from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepReport, finish_reason_of
-from selfinstruct.steps.instances import read_labels
-
-END_TOKEN = "<|endoftext|>"
-
-# (prompt, completion) templates of the original release; {end} is the end token.
-TEMPLATES_WITH_INPUT = (
-    ("{instruction}\nInput: {input}\nOutput:", " {output}{end}"),
-    ("{instruction}\n\nInput: {input}\n\nOutput:", " {output}{end}"),
-    ("Task: {instruction}\nInput: {input}\nOutput:", " {output}{end}"),
-    ("{instruction}\n\n{input}\n\nOutput:", " {output}{end}"),
-    ("{instruction}\n\n{input}\n\n", "{output}{end}"),
-    ("{instruction}\n{input}\n\n", "{output}{end}"),
-    ("Task: {instruction}\n\n{input}\n\n", "{output}{end}"),
-)
-TEMPLATES_WITHOUT_INPUT = (
-    ("{instruction} Output:", " {output}{end}"),
-    ("{instruction}\nOutput:", " {output}{end}"),
-    ("{instruction}\n\nOutput:", " {output}{end}"),
-    ("{instruction}\n", "{output}{end}"),
-    ("{instruction}\n\n", "{output}{end}"),
-    ("Task: {instruction}\n\n", "{output}{end}"),
-)
 
 _OUTPUT_MARK = re.compile(r"Output\s*\d*\s*:")
 _INPUT_MARK = re.compile(r"Input\s*\d*\s*:")
 _LEADING_INPUT_MARK = re.compile(r"^Input\s*\d*\s*:")
 _EXAMPLE_MARK = re.compile(r"Example\s?\d*\.?")
-_FIELD_NAME = re.compile(r"(\w+):")
 
 
 @dataclass
 class PrepareSettings:
-    instance_files: list[str] = field(default_factory=lambda: [INSTANCES_FILE])
+    instance_files: list[str] | None = None  # default: the run folder's instances file
     classification_files: list[str] | None = None  # default: the folder's is_clf_or_not file
-    output_dir: str = FINETUNING_DIR
+    output_dir: str | None = None  # default: the run folder's finetuning_data/
     num_instructions: int | None = None
     include_seed_tasks: bool = False
     max_instances_per_task: int = 5
@@ -163,69 +133,75 @@ def clean_task_instances(
     return unique
 
 
-def encode(instance: Triple, rng: random.Random, end_token: str = END_TOKEN) -> dict[str, str]:
-    instruction, inp, out = instance
-    instruction, inp, out = instruction.strip(), inp.strip(), out.strip()
-    if inp:
-        prompt_t, completion_t = rng.choice(TEMPLATES_WITH_INPUT)
-    else:
-        prompt_t, completion_t = rng.choice(TEMPLATES_WITHOUT_INPUT)
-    return {
-        "prompt": prompt_t.format(instruction=instruction, input=inp),
-        "completion": completion_t.format(output=out, end=end_token),
-    }
-
-
-def vary_input(inp: str, rng: random.Random) -> str:
-    """Half the time, drop a lone field name ("Sentence: ...") and fold blank lines (the paper)."""
-    if rng.random() < 0.5:
-        if len(set(_FIELD_NAME.findall(inp))) == 1:
-            inp = inp.split(":", 1)[1].strip()
-        else:
-            inp = inp.strip()
-        inp = inp.replace("\n\n", "\n")
-    return inp
-
-
-def chat_record(example: TrainingExample) -> dict[str, Any]:
-    user = example.instruction if not example.input else f"{example.instruction}\n\n{example.input}"
-    return {
-        "messages": [
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": example.output},
-        ]
-    }
+ExampleFilter = Callable[[Triple], str | None]
 
 
 def prepare_finetuning(
-    batch_dir: str | Path,
+    run: str | Path | RunFolder,
     settings: PrepareSettings | None = None,
     *,
     seeds: list[SeedTask] | None = None,
     reporter: Reporter | None = None,
+    filters: list[ExampleFilter] = (),
 ) -> StepReport:
+    """Step 4. `filters` each return a drop reason for an example, or None to keep it (the
+    judge's ratings and decontamination plug in here); every drop is counted by reason."""
     s = settings or PrepareSettings()
     reporter = reporter or Reporter(quiet=True)
-    batch_dir = Path(batch_dir)
-    out_dir = batch_dir / s.output_dir
+    rf = run if isinstance(run, RunFolder) else RunFolder(run)
+    out = rf.with_finetuning_dir(s.output_dir) if s.output_dir else rf
     rng = random.Random(s.seed)
     dropped: Counter[str] = Counter()
 
-    from selfinstruct.steps.classify import find_classification_file
+    clf_paths = [rf.path / f for f in s.classification_files] if s.classification_files else None
+    labels = rf.read_labels(clf_paths, warn=reporter.warn)
+    instance_paths = [rf.path / f for f in s.instance_files] if s.instance_files else None
+    tasks = rf.read_instance_generations(instance_paths, warn=reporter.warn)
+    generated, tasks_read = _generated_instances(tasks, labels, s, rng, dropped)
+    generated = _apply_filters(generated, filters, dropped)
+    unique_instructions = list(dict.fromkeys(t[0] for t in generated))
 
-    clf_files = (
-        [batch_dir / f for f in s.classification_files]
-        if s.classification_files
-        else [find_classification_file(batch_dir)]
-    )
-    labels: dict[str, bool] = {}
-    for path in clf_files:
-        labels.update(read_labels(path, reporter))
+    outputs = [out.all_instances]
+    write_jsonl_atomic(out.all_instances, (TrainingExample(*t).to_dict() for t in generated))
+    if s.num_instructions is not None and s.num_instructions < len(unique_instructions):
+        chosen = set(rng.sample(unique_instructions, s.num_instructions))
+        generated = [t for t in generated if t[0] in chosen]
+        sampled = out.sampled_instances(s.num_instructions)
+        write_jsonl_atomic(sampled, (TrainingExample(*t).to_dict() for t in generated))
+        outputs.append(sampled)
 
-    tasks: list[dict[str, Any]] = []
-    for name in s.instance_files:
-        tasks.extend(read_jsonl(batch_dir / name, warn=reporter.warn))
+    training = list(generated)
+    if s.include_seed_tasks and seeds:
+        seed_instances = [
+            (task.instruction, i.input, i.output) for task in seeds for i in task.instances
+        ]
+        training += _apply_filters(seed_instances, filters, dropped, prefix="seed_")
+    written, n_encoded = _write_training_files(out, training, rng, s.end_token, dropped)
+    outputs += written
 
+    clf_instructions = sum(1 for i in unique_instructions if labels.get(i))
+    report = StepReport("prepare", outputs=[str(p) for p in outputs])
+    report.counts = {
+        "tasks_read": tasks_read,
+        "generated_instances": len(generated),
+        "unique_instructions": len(unique_instructions),
+        "classification_instructions": clf_instructions,
+        "other_instructions": len(unique_instructions) - clf_instructions,
+        "seed_instances_included": len(training) - len(generated),
+        "finetuning_examples": n_encoded,
+    }
+    report.dropped = dict(dropped)
+    return report
+
+
+def _generated_instances(
+    tasks: list[dict],
+    labels: dict[str, bool],
+    s: PrepareSettings,
+    rng: random.Random,
+    dropped: Counter[str],
+) -> tuple[list[Triple], int]:
+    """Each task's parsed, cleaned instances, at most `max_instances_per_task` of them."""
     generated: list[Triple] = []
     seen_tasks: set[str] = set()
     for task in tasks:
@@ -242,34 +218,36 @@ def prepare_finetuning(
         )
         if len(instances) > s.max_instances_per_task:
             dropped["over_per_task_cap"] += len(instances) - s.max_instances_per_task
-        instances = rng.sample(instances, min(len(instances), s.max_instances_per_task))
-        generated.extend(instances)
+        generated.extend(rng.sample(instances, min(len(instances), s.max_instances_per_task)))
+    return generated, len(seen_tasks)
 
-    unique_instructions = list(dict.fromkeys(t[0] for t in generated))
-    outputs = []
-    write_jsonl_atomic(
-        out_dir / ALL_INSTANCES_FILE,
-        (TrainingExample(*t).to_dict() for t in generated),
-    )
-    outputs.append(out_dir / ALL_INSTANCES_FILE)
 
-    if s.num_instructions is not None and s.num_instructions < len(unique_instructions):
-        chosen = set(rng.sample(unique_instructions, s.num_instructions))
-        generated = [t for t in generated if t[0] in chosen]
-        sampled = out_dir / f"sampled_generated_instances_{s.num_instructions}.jsonl"
-        write_jsonl_atomic(sampled, (TrainingExample(*t).to_dict() for t in generated))
-        outputs.append(sampled)
+def _apply_filters(
+    examples: list[Triple], filters: list[ExampleFilter], dropped: Counter[str], prefix: str = ""
+) -> list[Triple]:
+    kept = []
+    for example in examples:
+        reason = next((r for f in filters if (r := f(example)) is not None), None)
+        if reason is None:
+            kept.append(example)
+        else:
+            dropped[prefix + reason] += 1
+    return kept
 
-    training = list(generated)
-    if s.include_seed_tasks and seeds:
-        for seed_task in seeds:
-            for instance in seed_task.instances:
-                training.append((seed_task.instruction, instance.input, instance.output))
 
+def _write_training_files(
+    out: RunFolder,
+    training: list[Triple],
+    rng: random.Random,
+    end_token: str,
+    dropped: Counter[str],
+) -> tuple[list[Path], int]:
+    """The GPT-3 prompt/completion file, OpenAI chat JSONL and Alpaca JSON; and how many
+    prompt/completion records there are."""
     encoded = []
     seen_pairs: set[tuple[str, str]] = set()
-    for instruction, inp, out in training:
-        record = encode((instruction, vary_input(inp, rng), out), rng, s.end_token)
+    for instruction, inp, output in training:
+        record = encode(instruction, vary_input(inp, rng), output, rng, end_token)
         pair = (record["prompt"], record["completion"])
         if pair in seen_pairs:
             dropped["duplicate_prompt_completion"] += 1
@@ -278,34 +256,18 @@ def prepare_finetuning(
         encoded.append(record)
     rng.shuffle(encoded)
 
-    gpt3_path = out_dir / GPT3_FINETUNING_FILE_PATTERN.format(count=len(encoded))
-    for stale in out_dir.glob(GPT3_FINETUNING_FILE_PATTERN.format(count="*")):
+    gpt3_path = out.gpt3_finetuning(len(encoded))
+    for stale in out.gpt3_finetuning_files():
         if stale != gpt3_path:
             stale.unlink()  # an earlier run's file under another count
     write_jsonl_atomic(gpt3_path, encoded)
-    outputs.append(gpt3_path)
 
     examples = list(
         dict.fromkeys(TrainingExample(i.strip(), n.strip(), o.strip()) for i, n, o in training)
     )
-    write_jsonl_atomic(out_dir / CHAT_FINETUNING_FILE, (chat_record(e) for e in examples))
-    outputs.append(out_dir / CHAT_FINETUNING_FILE)
+    write_jsonl_atomic(out.chat_finetuning, (chat_record(*astuple(e)) for e in examples))
     write_atomic(
-        out_dir / ALPACA_FILE,
+        out.alpaca,
         json.dumps([e.to_dict() for e in examples], ensure_ascii=False, indent=2) + "\n",
     )
-    outputs.append(out_dir / ALPACA_FILE)
-
-    clf_instructions = sum(1 for i in unique_instructions if labels.get(i))
-    report = StepReport("prepare", outputs=[str(p) for p in outputs])
-    report.counts = {
-        "tasks_read": len(seen_tasks),
-        "generated_instances": len(generated),
-        "unique_instructions": len(unique_instructions),
-        "classification_instructions": clf_instructions,
-        "other_instructions": len(unique_instructions) - clf_instructions,
-        "seed_instances_included": len(training) - len(generated),
-        "finetuning_examples": len(encoded),
-    }
-    report.dropped = dict(dropped)
-    return report
+    return [gpt3_path, out.chat_finetuning, out.alpaca], len(encoded)

@@ -217,8 +217,10 @@ def evaluate_model(
     engine: EngineSettings | None = None,
     limit: int | None = None,
     reporter: Reporter | None = None,
+    check: bool = False,
 ) -> EvalResult:
-    """Answer every example of `tasks` not yet in `out`, append the answers, score `out`."""
+    """Answer every example of `tasks` not yet in `out`, append the answers, score `out`.
+    With `check`, the model is checked first (server reachable, key accepted)."""
     if prompt_format not in PROMPT_FORMATS:
         raise ConfigError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}")
     reporter = reporter or Reporter(quiet=True)
@@ -267,14 +269,21 @@ def evaluate_model(
 
         if requests:
             eng = Engine(model, engine or EngineSettings())
-            run_sync(eng.run(requests, on_result, on_failure), release=model)
+
+            async def answer() -> None:
+                if check:
+                    await model.check()
+                await eng.run(requests, on_result, on_failure)
+
+            # One event loop for the check and the answers; its connections are released.
+            run_sync(answer(), release=model)
             stats = eng.stats.to_dict()
     scores = score_file(out, ids=set(ids))
     return EvalResult(out, scores, len(todo) - failed, resumed, failed, stats)
 
 
-def run_evaluation(
-    spec: str,
+def evaluate(
+    model: str | Model,
     tasks: str | Path,
     out: str | Path,
     *,
@@ -288,17 +297,17 @@ def run_evaluation(
     timeout: float = 120.0,
     seed: int = 0,
 ) -> EvalResult:
-    """Load the model a spec names, evaluate it, release it."""
-    model = load_answering_model(
-        spec,
-        prompt_format=prompt_format,
-        base_url=base_url,
-        api_key=api_key,
-        timeout=timeout,
-        seed=seed,
-    )
-    # Each run_sync releases the connections it opened, whatever happens.
-    run_sync(model.check(), release=model)
+    """Answer `tasks` with `model` (a spec or a `Model`) into the predictions file `out`, then
+    score it. Resumable: answers already in `out` are kept and not asked again."""
+    if isinstance(model, str):
+        model = load_answering_model(
+            model,
+            prompt_format=prompt_format,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            seed=seed,
+        )
     return evaluate_model(
         model,
         tasks,
@@ -308,4 +317,5 @@ def run_evaluation(
         engine=engine,
         limit=limit,
         reporter=reporter,
+        check=True,
     )

@@ -1,0 +1,276 @@
+"""The four steps of Self-Instruct over one run folder, as one object.
+
+    import selfinstruct as si
+
+    run = si.Pipeline(out="runs/x", model="openai:gpt-4o-mini", seeds=si.seeds.default())
+    run.generate_instructions(100)
+    run.identify_classification()
+    run.generate_instances()
+    run.prepare()
+    # or: run.run(num_instructions=100)
+
+A pipeline holds one model, one event loop (so HTTP connections live from step to step), one
+budget shared by every step (`max_requests`, `max_tokens_total`), and the run folder's lock for
+as long as a step runs. After each step it records the configuration, counts, drops, token usage
+and cost in run.json. The CLI is a thin layer over this class: both make the same files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from selfinstruct.engine import EngineSettings
+from selfinstruct.errors import BudgetExhausted, SelfInstructError
+from selfinstruct.models import Model, load_model
+from selfinstruct.progress import Reporter
+from selfinstruct.records import SeedTask
+from selfinstruct.runfile import RunFile
+from selfinstruct.runfolder import RunFolder
+from selfinstruct.steps import StepContext, StepReport
+from selfinstruct.steps.classify import ClassifySettings, identify_classification
+from selfinstruct.steps.instances import InstanceSettings, generate_instances
+from selfinstruct.steps.instructions import InstructionSettings, generate_instructions
+from selfinstruct.steps.prepare import PrepareSettings, prepare_finetuning
+
+TITLES = {
+    "instructions": "Step 1: instructions",
+    "classify": "Step 2: classification",
+    "instances": "Step 3: instances",
+    "prepare": "Step 4: fine-tuning data",
+}
+
+
+class Pipeline:
+    """Self-Instruct's four steps over the run folder `out`, with one model and one budget.
+
+    `model` is a spec string ("local", "openai:gpt-4o-mini?api=completions", ...; see
+    `load_model`) or a `Model`. `seeds` is a list of `SeedTask`, a seed file's path, or None for
+    the built-in set. `engine` sets concurrency, retries, rate limits and the run's budgets.
+    `price` is (prompt, completion) USD per million tokens, for the cost in run.json. With
+    `progress`, bars and summaries go to stderr.
+    """
+
+    def __init__(
+        self,
+        out: str | Path | RunFolder,
+        model: str | Model = "local",
+        *,
+        seeds: list[SeedTask] | str | Path | None = None,
+        engine: EngineSettings | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        seed: int = 42,
+        price: tuple[float, float] | None = None,
+        progress: bool = False,
+        reporter: Reporter | None = None,
+        command: str = "python",
+    ):
+        self.folder = RunFolder.of(out)
+        self.seed = seed
+        self.price = price
+        self.engine = engine or EngineSettings()
+        self.reporter = reporter or Reporter(quiet=not progress)
+        self.command = command
+        self._seeds = seeds
+        self._model_spec = model
+        self._model_options = {"base_url": base_url, "api_key": api_key, "timeout": timeout}
+        self._model: Model | None = model if isinstance(model, Model) else None
+        self._runner: asyncio.Runner | None = None
+
+    # --- what the steps share -----------------------------------------------------------------
+
+    @property
+    def seeds(self) -> list[SeedTask]:
+        """The seed tasks, loaded (and checked) on first use."""
+        if not isinstance(self._seeds, list):
+            from selfinstruct import seeds
+
+            self._seeds = (
+                seeds.default() if self._seeds is None else seeds.load_seed_tasks(self._seeds)
+            )
+        return self._seeds
+
+    @property
+    def model(self) -> Model:
+        """The model, loaded and checked (server reachable, key accepted) on first use."""
+        if self._model is None:
+            spec = self._model_spec
+            assert isinstance(spec, str)
+            model = load_model(spec, seed=self.seed, **self._model_options)
+            try:
+                self._loop().run(model.check())
+            except BaseException:
+                self._loop().run(model.aclose())
+                raise
+            self._model = model
+        return self._model
+
+    def _loop(self) -> asyncio.Runner:
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner
+
+    def close(self) -> None:
+        """Release the model's connections and the event loop. The pipeline can be reused."""
+        if self._runner is None:
+            return
+        try:
+            if self._model is not None:
+                self._runner.run(self._model.aclose())
+        finally:
+            self._runner.close()
+            self._runner = None
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the four steps -------------------------------------------------------------------
+
+    def generate_instructions(self, num_instructions: int = 100, **options: Any) -> StepReport:
+        """Step 1: grow the pool to `num_instructions` machine instructions. `options` are
+        `InstructionSettings` fields (similarity_threshold, lowercase_rest, ...)."""
+        seeds = self.seeds  # a bad seed file stops here, before any model call
+        settings = InstructionSettings(num_instructions=num_instructions, seed=self.seed, **options)
+        return self._model_step(
+            settings, lambda ctx: generate_instructions(ctx, seeds, self.folder, settings)
+        )
+
+    def identify_classification(self, **options: Any) -> StepReport:
+        """Step 2: label each instruction classification or not (`ClassifySettings` fields)."""
+        settings = ClassifySettings(**options)
+        return self._model_step(
+            settings, lambda ctx: identify_classification(ctx, self.folder, settings)
+        )
+
+    def generate_instances(self, **options: Any) -> StepReport:
+        """Step 3: instances for each labelled instruction (`InstanceSettings` fields)."""
+        settings = InstanceSettings(**options)
+        return self._model_step(
+            settings, lambda ctx: generate_instances(ctx, self.folder, settings)
+        )
+
+    def prepare(self, *, include_seed_tasks: bool = False, **options: Any) -> StepReport:
+        """Step 4: filter and write the fine-tuning files (`PrepareSettings` fields). No model."""
+        settings = PrepareSettings(include_seed_tasks=include_seed_tasks, **options)
+        seeds = self.seeds if settings.include_seed_tasks else None
+        with self.folder.lock():
+            report = prepare_finetuning(self.folder, settings, seeds=seeds, reporter=self.reporter)
+            self._record(report, settings, with_model=False)
+        self.reporter.summary(TITLES[report.step], report.rows())
+        return report
+
+    def run(
+        self,
+        num_instructions: int = 100,
+        *,
+        max_instances: int = 5,
+        request_batch_size: int = 5,
+        classification_only: bool = False,
+        include_seed_tasks: bool = True,
+        instructions: dict[str, Any] | None = None,
+        classification: dict[str, Any] | None = None,
+        instances: dict[str, Any] | None = None,
+        prepare: dict[str, Any] | None = None,
+    ) -> dict[str, StepReport]:
+        """All four steps; rerun on the same folder to resume. The dicts pass further settings
+        to one step each. Raises when a step cannot complete (the folder stays consistent)."""
+        reports: dict[str, StepReport] = {}
+        # Bad seeds or an unusable model stop here, before the folder is made.
+        self.seeds, self.model  # noqa: B018
+        with self.folder.lock():
+            for step in (
+                lambda: self.generate_instructions(
+                    num_instructions,
+                    request_batch_size=request_batch_size,
+                    classification_only=classification_only,
+                    **(instructions or {}),
+                ),
+                lambda: self.identify_classification(
+                    request_batch_size=request_batch_size, **(classification or {})
+                ),
+                lambda: self.generate_instances(
+                    max_instances_to_generate=max_instances,
+                    request_batch_size=request_batch_size,
+                    **(instances or {}),
+                ),
+            ):
+                report = step()
+                reports[report.step] = report
+                if not report.complete:
+                    raise SelfInstructError(
+                        f"{report.step} did not complete (see the summary); rerun to continue"
+                    )
+            reports["prepare"] = self.prepare(
+                include_seed_tasks=include_seed_tasks, **(prepare or {})
+            )
+        return reports
+
+    # --- one model step -------------------------------------------------------------------
+
+    def _model_step(self, settings: Any, step: Any) -> StepReport:
+        model = self.model  # an unreachable server or a refused key stops before the folder
+        with self.folder.lock():
+            ctx = StepContext(
+                model=model, engine=self.engine, reporter=self.reporter, runner=self._loop()
+            )
+            report: StepReport = step(ctx)
+            self._spend(report)
+            self._record(report, settings, with_model=True)
+        self.reporter.summary(TITLES[report.step], report.rows())
+        if report.engine is not None and report.engine.budget_stop:
+            which = report.engine.budget_stop.replace("_", "-")
+            raise BudgetExhausted(
+                f"stopped at the {which} budget; the folder is consistent: rerun with a larger"
+                " budget to continue"
+            )
+        if not report.complete:
+            self.reporter.warn(
+                f"{report.step}: not complete (see the counts above); rerun the same command to"
+                " continue where it stopped"
+            )
+        return report
+
+    def _spend(self, report: StepReport) -> None:
+        """The budgets are for the whole pipeline: what a step spent is gone for the next."""
+        e = self.engine
+        spent = report.engine.requests if report.engine is not None else 0
+        self.engine = dataclasses.replace(
+            e,
+            max_requests=None if e.max_requests is None else max(0, e.max_requests - spent),
+            max_tokens_total=None
+            if e.max_tokens_total is None
+            else max(0, e.max_tokens_total - report.usage.total_tokens),
+        )
+
+    def _record(self, report: StepReport, settings: Any, *, with_model: bool) -> None:
+        config = settings_dict(settings)
+        model = self.model.info if with_model else None
+        if with_model:
+            config["model"] = (
+                self._model_spec
+                if isinstance(self._model_spec, str)
+                else (f"{model.backend}:{model.name}")
+            )
+        RunFile(self.folder).record_step(
+            report,
+            command=self.command,
+            config=config,
+            model=model,
+            seed=self.seed if with_model else None,
+            price=self.price,
+        )
+
+
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """A step's settings as run.json stores them."""
+    out = dataclasses.asdict(settings)
+    if "sampling" in out:
+        out["sampling"]["stop"] = list(out["sampling"]["stop"])
+    return out
