@@ -58,9 +58,7 @@ def test_public_names_are_exactly_these() -> None:
         assert getattr(si, name) is not None
     # Nothing else public: every other attribute is a module (an implementation detail).
     extra = {
-        name
-        for name, value in vars(si).items()
-        if not name.startswith("_") and name not in PUBLIC
+        name for name, value in vars(si).items() if not name.startswith("_") and name not in PUBLIC
     }
     assert all(isinstance(getattr(si, name), types.ModuleType) for name in extra), extra
     assert callable(si.evaluate) and not isinstance(si.evaluate, types.ModuleType)
@@ -142,9 +140,7 @@ def test_pipeline_budget_is_shared_by_the_steps(tmp_path: Path, scripted) -> Non
         return f"Sketch a tale of {n} dragons{n} and {n} castles{n} for kids{n}"
 
     model = scripted(answer)
-    run = si.Pipeline(
-        tmp_path, model, engine=si.EngineSettings(max_requests=6), seeds=_seeds()
-    )
+    run = si.Pipeline(tmp_path, model, engine=si.EngineSettings(max_requests=6), seeds=_seeds())
     report = run.generate_instructions(4)
     assert report.counts["instructions_in_file"] == 4
     spent = report.engine.requests

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from rouge_score import rouge_scorer
 
+from selfinstruct.cli.train import evaluate_command
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ModelError
 from selfinstruct.evaluation import (
@@ -20,7 +21,6 @@ from selfinstruct.evaluation import (
     score_file,
     score_records,
 )
-from selfinstruct.cli.train import evaluate_command
 from selfinstruct.finetune.data import read_examples
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "self-instruct"

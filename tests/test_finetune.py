@@ -20,7 +20,6 @@ from selfinstruct.finetune.data import (
     split_examples,
 )
 from selfinstruct.finetune.export import permute_rows, read_gguf_header
-from selfinstruct.records import TrainingExample
 from selfinstruct.formats import (
     TEMPLATES_WITH_INPUT,
     TEMPLATES_WITHOUT_INPUT,
@@ -28,6 +27,7 @@ from selfinstruct.formats import (
     encode,
     split_prompt,
 )
+from selfinstruct.records import TrainingExample
 
 TRAINING_STACK = ("torch", "transformers", "peft", "gguf")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from selfinstruct.errors import ModelError
 from selfinstruct.cli.train import finetune_command
+from selfinstruct.errors import ModelError
 from selfinstruct.finetune.openai_jobs import OpenAIConfig, run_openai_finetune
 
 try:

@@ -11,7 +11,6 @@ al. 2022), on any model, then fine-tune on it, evaluate it and look at it.
 The names below are the public API; everything else is private and may change.
 """
 
-
 from importlib import metadata as _metadata
 
 from selfinstruct import seeds
