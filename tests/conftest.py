@@ -118,3 +118,21 @@ def llama_server() -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2])
+    return str(longrepr or "")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """One line saying how many tests skipped because the release's data is not beside us."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing_data = sum("shared/data" in _skip_reason(r) for r in skipped)
+    if missing_data:
+        terminalreporter.write_line(
+            f"{missing_data} skipped: the original release's data is not beside the project"
+            " (../shared/data)"
+        )

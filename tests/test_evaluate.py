@@ -152,13 +152,15 @@ def test_cli_modes(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(evaluate_command, ["--predictions", str(pred), "--format", "json"])
     assert ok.exit_code == 0
-    assert json.loads(ok.stdout) == {
-        "file": str(pred),
-        "n": 1,
-        "rouge_l": 1.0,
-        "exact_match": 1.0,
-        "mean_length": 1.0,
-    }
+    assert json.loads(ok.stdout) == [
+        {
+            "file": str(pred),
+            "n": 1,
+            "rouge_l": 1.0,
+            "exact_match": 1.0,
+            "mean_length": 1.0,
+        }
+    ]
     both = runner.invoke(evaluate_command, ["--predictions", str(pred), "--compare", str(pred)])
     assert both.exit_code != 0 and "choose one mode" in str(both.exception)
     bad = tmp_path / "bad.jsonl"

@@ -135,7 +135,7 @@ def test_all_steps_complete_through_injected_faults(tmp_path):
     texts = check_instructions(out, 40, entries)
     labels = read_jsonl(next(out.glob("is_clf_or_not_*.jsonl")))
     assert sorted(r["instruction"] for r in labels) == sorted(texts)
-    assert {r["is_classification"] for r in labels} <= {"Yes", "No"}
+    assert {r["is_classification"].strip() for r in labels} <= {"Yes", "No"}
     instances = read_jsonl(RunFolder(out).instances)
     assert sorted(r["instruction"] for r in instances) == sorted(texts)
     assert all(r["raw_instances"].strip() for r in instances)

@@ -180,7 +180,7 @@ def write_instructions(path, instructions):
     path.write_text("".join(json.dumps({"instruction": i}) + "\n" for i in instructions))
 
 
-def test_step2_parses_yes_no_and_keeps_unparsed(tmp_path, scripted):
+def test_step2_stores_answers_and_counts_them(tmp_path, scripted):
     instructions = ["Is this review positive or negative?", "Write a poem", "Odd one"]
     write_instructions(tmp_path / "machine_generated_instructions.jsonl", instructions)
     replies = {
@@ -196,12 +196,9 @@ def test_step2_parses_yes_no_and_keeps_unparsed(tmp_path, scripted):
     model = scripted(answer, max_batch=5)
     report = identify_classification(ctx(model), tmp_path, ClassifySettings())
     out = read_jsonl(tmp_path / "is_clf_or_not_scripted_template_1.jsonl")
-    assert {r["instruction"]: r["is_classification"] for r in out} == {
-        "Is this review positive or negative?": "Yes",
-        "Write a poem": "No",
-        "Odd one": "?",
-    }
-    assert report.counts["unparsed_now"] == 1
+    # Stored as answered, as the paper's script did; "no." is neither an exact yes nor no.
+    assert {r["instruction"]: r["is_classification"] for r in out} == replies
+    assert (report.counts["yes"], report.counts["no"], report.counts["neither"]) == (1, 0, 2)
     s = model.samplings[0]
     assert (s.max_tokens, s.temperature, s.stop) == (3, 0.0, ("\n", "Task"))
     # A rerun asks nothing new.
@@ -224,7 +221,8 @@ def test_step3_uses_output_first_for_classification(tmp_path, scripted):
         p.rsplit("Task: ", 1)[1].strip(): s
         for p, s in zip(model.prompts, model.samplings, strict=True)
     }
-    assert by_task["Clf task"].max_tokens == 300 and by_task["Gen task"].max_tokens == 350
+    # One batch holding a classification task: both get its limit (see test_fidelity.py).
+    assert by_task["Clf task"].max_tokens == 300 and by_task["Gen task"].max_tokens == 300
     assert by_task["Gen task"].stop == ("Example 6", "Task:")
     assert by_task["Gen task"].presence_penalty == 1.5
     assert set(out["Gen task"]) == {

@@ -16,6 +16,7 @@ in words.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -75,12 +76,13 @@ class Scores:
     per_item: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """The scores at full precision (fractions 0..1, not percentages); tables round."""
         return {
             "file": self.name,
             "n": self.n,
-            "rouge_l": round(self.rouge_l, 4),
-            "exact_match": round(self.exact_match, 4),
-            "mean_length": round(self.mean_length, 2),
+            "rouge_l": self.rouge_l,
+            "exact_match": self.exact_match,
+            "mean_length": self.mean_length,
         }
 
 
@@ -159,6 +161,13 @@ def format_table(scores: list[Scores], *, ranked: bool = False) -> str:
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), sep, *(line(r) for r in body)])
+
+
+def format_json(scores: list[Scores], *, ranked: bool = False) -> str:
+    """One JSON document: a list of score objects (`Scores.to_dict`, full precision), one per
+    file, even for a single file; `ranked` orders it by ROUGE-L, best first, as the table."""
+    rows = sorted(scores, key=lambda s: -s.rouge_l) if ranked else list(scores)
+    return json.dumps([s.to_dict() for s in rows], indent=2)
 
 
 def format_markdown(scores: list[Scores], *, ranked: bool = True) -> str:

@@ -30,6 +30,7 @@ BANNED_WORDS = (
 # The model tends to prefix existing tasks with "Write a program", flooding the pool with them.
 BANNED_PREFIX = "Write a program"
 
+# Whole words, any casing (the paper matched each with re.IGNORECASE).
 _BANNED_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in BANNED_WORDS) + r")\b", re.I)
 
 Filter = Callable[[str], str | None]
@@ -48,7 +49,9 @@ def banned_word(instruction: str) -> str | None:
 
 
 def write_a_program(instruction: str) -> str | None:
-    return "write_a_program" if instruction.startswith(BANNED_PREFIX) else None
+    # Any casing: the paper's script checked the prefix after str.capitalize(), which lower-cases
+    # all but the first letter, so "WRITE A PROGRAM" and "write a Program" were dropped too.
+    return "write_a_program" if instruction.capitalize().startswith(BANNED_PREFIX) else None
 
 
 def leading_punctuation(instruction: str) -> str | None:

@@ -79,7 +79,8 @@ class MachineInstruction:
 
 @dataclass
 class ClassificationLabel:
-    """A line of `is_clf_or_not_*.jsonl`: the model's raw answer, "Yes" or "No" once parsed."""
+    """A line of `is_clf_or_not_*.jsonl`: the model's answer text as it came (" Yes", "no.",
+    ...), or "Yes"/"No" where step 2 ran with lenient labels."""
 
     instruction: str
     is_classification: str  # the original stores the answer text, not a bool

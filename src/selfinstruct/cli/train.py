@@ -3,7 +3,6 @@ inside the commands, so that `selfinstruct --help` stays fast and works without 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -368,7 +367,9 @@ Examples:
     type=click.Choice(["table", "markdown", "json"]),
     default="table",
     show_default=True,
-    help="How scores are printed on stdout.",
+    help="How scores are printed on stdout. table and markdown round; json prints one"
+    " document, a list with one object per file (even for one file) with file, n, rouge_l and"
+    " exact_match (fractions 0..1) and mean_length (words), at full precision.",
 )
 @model_options
 def evaluate_command(
@@ -454,8 +455,7 @@ def evaluate_command(
 
 def _print_scores(ev: object, scores: list, table_format: str, *, ranked: bool) -> None:
     if table_format == "json":
-        for s in scores:
-            click.echo(json.dumps(s.to_dict()))
+        click.echo(ev.format_json(scores, ranked=ranked))  # type: ignore[attr-defined]
     elif table_format == "markdown":
         click.echo(ev.format_markdown(scores, ranked=ranked))  # type: ignore[attr-defined]
     else:

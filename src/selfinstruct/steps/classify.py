@@ -14,7 +14,7 @@ from selfinstruct.records import ClassificationLabel
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
 from selfinstruct.steps.common import batched
-from selfinstruct.steps.parsing import parse_yes_no
+from selfinstruct.steps.parsing import answer_kind, classification_answer
 
 PAPER_SAMPLING = Sampling(
     max_tokens=3,
@@ -32,6 +32,9 @@ class ClassifySettings:
     request_batch_size: int = 5
     input_file: str | None = None  # default: the run folder's instructions file
     output_file: str | None = None  # default: is_clf_or_not_{engine}_template_1.jsonl
+    # Off: store the answer text as the paper's script did (only an exact yes counts later).
+    # On: an answer starting with a clear yes/no word ("Yes.", "no, ...") is stored as Yes/No.
+    lenient_labels: bool = False
     sampling: Sampling = field(default_factory=lambda: PAPER_SAMPLING)
 
 
@@ -61,14 +64,8 @@ def identify_classification(
 
         def on_result(request: Request, completions: list[Completion]) -> None:
             for instruction, completion in zip(request.key, completions, strict=True):
-                label = parse_yes_no(completion.text)
-                if label is None:
-                    # Kept, as the original did, and read as "not classification" later.
-                    answers["unparsed"] += 1
-                    label_text = completion.text.strip()
-                else:
-                    answers[label] += 1
-                    label_text = label
+                label_text = classification_answer(completion.text, lenient=s.lenient_labels)
+                answers[answer_kind(label_text)] += 1
                 out.write(ClassificationLabel(instruction, label_text).to_dict())
                 bar.advance()
             bar.note(answers)
@@ -88,10 +85,11 @@ def identify_classification(
     report.counts = {
         "instructions": len(records),
         "labelled_in_file": labelled,
-        "labelled_now": answers["Yes"] + answers["No"] + answers["unparsed"],
-        "yes_now": answers["Yes"],
-        "no_now": answers["No"],
-        "unparsed_now": answers["unparsed"],
+        "labelled_now": answers["yes"] + answers["no"] + answers["neither"],
+        # As the paper's scripts read them: exact yes, exact no, anything else (not classification)
+        "yes": answers["yes"],
+        "no": answers["no"],
+        "neither": answers["neither"],
     }
     report.dropped = {k: v for k, v in answers.items() if k.startswith("request_failed")}
     report.complete = labelled >= len(records)

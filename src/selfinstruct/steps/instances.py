@@ -35,6 +35,11 @@ def paper_sampling(max_tokens: int, max_instances: int) -> Sampling:
     )
 
 
+def batch_max_tokens(is_classification: list[bool]) -> int:
+    """The token limit of a batch of tasks: the shorter one if any of them is classification."""
+    return CLASSIFICATION_MAX_TOKENS if any(is_classification) else GENERATION_MAX_TOKENS
+
+
 @dataclass
 class InstanceSettings:
     max_instances_to_generate: int = 5
@@ -71,14 +76,22 @@ def generate_instances(
     per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
     counts: Counter[str] = Counter()
 
-    # Requests hold one kind of task each, so that each gets the paper's token limit.
+    # As the paper's script: batches of request_batch_size tasks in file order, kinds mixed, and
+    # a batch with any classification task gets the shorter limit. Batches are cut over all the
+    # tasks, done or not, so that a resumed run gives each task the limit a fresh run would; a
+    # batch wider than the model takes in one request goes as several requests.
     requests = []
-    for is_clf in (True, False):
-        group = [r for r in pending if labels[r["instruction"]] == is_clf]
-        max_tokens = CLASSIFICATION_MAX_TOKENS if is_clf else GENERATION_MAX_TOKENS
+    for batch in batched(records, max(1, s.request_batch_size)):
+        todo = [r for r in batch if r["instruction"] not in done]
+        if not todo:
+            continue
+        max_tokens = batch_max_tokens([labels[r["instruction"]] for r in batch])
         sampling = paper_sampling(max_tokens, s.max_instances_to_generate)
-        for chunk in batched(group, per_request):
-            prompts = [instance_prompt(r["instruction"], is_classification=is_clf) for r in chunk]
+        for chunk in batched(todo, per_request):
+            prompts = [
+                instance_prompt(r["instruction"], is_classification=labels[r["instruction"]])
+                for r in chunk
+            ]
             requests.append(Request(prompts, sampling, key=chunk))
 
     with (

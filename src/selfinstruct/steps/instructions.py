@@ -124,7 +124,9 @@ def generate_instructions(
             in_flight_prompts -= len(request.prompts)
             pool_before = len(machine)
             for prompt, completion in zip(request.prompts, completions, strict=True):
-                candidates = split_numbered_list(completion.text)
+                candidates = split_numbered_list(
+                    completion.text, first_number=s.num_prompt_instructions + 1
+                )
                 if completion.finish_reason == "length":
                     # The paper drops the whole answer: its last item is cut, the rest suspect.
                     dropped["cut_by_length"] += len(candidates) or 1

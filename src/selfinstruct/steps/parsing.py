@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import re
 
+from selfinstruct.records import is_yes
+
 _NUMBERED_ITEM_SPLIT = re.compile(r"\n\d+\s?\. ")
 _WHITESPACE = re.compile(r"\s+")
 
 
-def split_numbered_list(text: str) -> list[str]:
+def split_numbered_list(text: str, *, first_number: int = 9) -> list[str]:
     """The items of an answer that continues a numbered list from "9.".
 
     The answer starts with the text of item 9 and separates later items with "\\n10. " and so on;
-    each item is folded onto one line. Empty items are dropped.
+    each item is folded onto one line. Empty items are dropped. A chat model often repeats the
+    number the prompt ended on ("9. Write a ..."): that leading `first_number` is removed, so
+    that the filters see the instruction itself (the paper's completion model never wrote it).
     """
+    text = re.sub(rf"\A\s*{first_number}\s?\.(?!\d)", "", text, count=1)
     items = []
     for raw in _NUMBERED_ITEM_SPLIT.split(text):
         item = _WHITESPACE.sub(" ", raw).strip()
@@ -33,12 +38,38 @@ def capitalize_first(text: str, *, lowercase_rest: bool = False) -> str:
     return text[:1].upper() + text[1:]
 
 
-_YES_NO = re.compile(r"\b(yes|no)\b", re.I)
+_LEADING_YES_NO = re.compile(r"[\W_]*(?:answer\s*:[\W_]*)?(yes|no)\b", re.I)
+_NO = ("No", "no", "NO")
 
 
 def parse_yes_no(text: str) -> str | None:
-    """ "Yes" or "No" from a short answer ("Yes", " no.", "Answer: YES"); None when neither."""
-    match = _YES_NO.search(text)
+    """ "Yes" or "No" when a short answer starts with that word ("Yes.", " no,", "**YES**",
+    "Answer: no"); None otherwise. The lenient reading of step 2, off by default."""
+    match = _LEADING_YES_NO.match(text)
     if match is None:
         return None
     return "Yes" if match.group(1).lower() == "yes" else "No"
+
+
+def classification_answer(text: str, *, lenient: bool = False) -> str:
+    """What step 2 stores for a model's answer.
+
+    As the paper's script did, the answer text itself, untouched (only an exact yes, once
+    stripped, later counts as classification). With `lenient`, an answer that starts with a
+    clear yes or no ("Yes.", "No, it is not") is stored as "Yes" or "No" instead.
+    """
+    if lenient:
+        label = parse_yes_no(text)
+        if label is not None:
+            return label
+    return text
+
+
+def answer_kind(answer: str) -> str:
+    """ "yes", "no" or "neither": how the paper's scripts would read a stored step-2 answer
+    (an exact yes or no once stripped; anything else is "neither", read as not classification)."""
+    if is_yes(answer):
+        return "yes"
+    if answer.strip() in _NO:
+        return "no"
+    return "neither"
