@@ -1,4 +1,18 @@
-"""Typed errors. The CLI turns each into one line and an exit code; library users can catch them."""
+"""Typed errors. The CLI turns each into one line and an exit code; library users catch them.
+
+    SelfInstructError                 exit 1   anything this package raises on purpose
+    ├── ConfigError                   exit 2   a bad option or configuration value
+    ├── SeedFileError                 exit 2   a seed file: names file, line and field
+    ├── DataFileError                 exit 2   a pipeline file malformed beyond a torn last line
+    ├── MissingExtraError             exit 2   an optional dependency group is not installed
+    ├── ModelError                    exit 3   retrying cannot help: bad key, unknown model, ...
+    ├── TransientModelError           (retried by the engine, never reaches the CLI)
+    ├── BudgetExhausted               exit 4   --max-requests / --max-tokens-total reached
+    └── RunLockedError                exit 5   another process is using the run folder
+
+An interrupted command (Ctrl-C) exits 130. Whatever the error, what was accepted before it stays
+on disk and a rerun of the same command resumes.
+"""
 
 from __future__ import annotations
 

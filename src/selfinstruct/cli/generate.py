@@ -46,6 +46,12 @@ MAX_INSTANCES = click.option(
     show_default=True,
     help="Instances to ask for per task.",
 )
+LENIENT_LABELS = click.option(
+    "--lenient-labels",
+    is_flag=True,
+    help="Step 2: count an answer such as 'Yes.' or 'yes, it is' as yes  [default: off: only an"
+    " exact Yes/yes/YES, as the original scripts]",
+)
 INCLUDE_SEEDS_HELP = "Add the seed tasks' instances to the fine-tuning data."
 
 
@@ -110,6 +116,7 @@ def generate_instructions_cmd(
     help="Few-shot template (the original's name).",
 )
 @request_batch_size_option
+@LENIENT_LABELS
 @seed_option(42)
 @model_options
 def identify_clf_cmd(batch_dir: Path, seed: int, template: str, **kwargs: Any) -> None:
@@ -252,6 +259,7 @@ def prepare_cmd(
 @CLASSIFICATION_ONLY
 @request_batch_size_option
 @LOWERCASE_REST
+@LENIENT_LABELS
 @click.option(
     "--include-seed-tasks/--no-include-seed-tasks",
     default=True,
@@ -266,12 +274,18 @@ def run_cmd(
     seed: int,
     num_instructions: int,
     lowercase_rest: bool,
+    lenient_labels: bool,
     **kwargs: Any,
 ) -> None:
     """Run all four steps into one folder; rerun it to resume."""
     opts = ModelOptions.pop(kwargs)
     with opts.pipeline(batch_dir, seed=seed, seeds=seed_tasks, command="run") as p:
-        p.run(num_instructions, instructions={"lowercase_rest": lowercase_rest}, **kwargs)
+        p.run(
+            num_instructions,
+            instructions={"lowercase_rest": lowercase_rest},
+            classification={"lenient_labels": lenient_labels},
+            **kwargs,
+        )
         usage = RunFile(p.folder).data.get("usage", {})
         p.reporter.info(
             f"done: {batch_dir}  ({usage.get('requests', 0)} requests,"
