@@ -202,7 +202,7 @@ def test_report_verbs_and_similarity(built) -> None:
     top = {x["verb"]: x for x in v["top"]}
     if v["method"].startswith("heuristic"):
         assert top["write"]["count"] == 3  # story, function, haiku
-        assert v["with_verb_noun"] == 10  # all but "What is the capital of France?"
+        assert v["with_verb_noun"] == 9  # not "What is ...?" nor "Explain the <script> ..."
         assert "heuristic" in page and "rule-based" in page
     r = result.stats["rouge"]
     assert r["seed_tasks"] == 175
@@ -283,10 +283,13 @@ def test_report_of_step4_only(tmp_path: Path) -> None:
 def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     from selfinstruct.cli import main
 
-    with pytest.raises(SystemExit) as exc:
+    try:
         main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
     out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
+    return code, out, err
 
 
 def test_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -377,7 +380,18 @@ SHAPES = [
     ("Given a recipe. Estimate the cooking time.", ("estimate", "time")),
     ("Calculate the area of a circle with radius 3.", ("calculate", "area")),
     ("Edit the text for grammar and spelling errors.\nInput: I has a apple.", ("edit", "text")),
+    ("Sort the names alphabetically.", ("sort", "name")),
+    ("Summarize the report you were sent yesterday.", ("summarize", "report")),
+    ("Identify the bias in the headline.", ("identify", "bias")),
+    ("Help me plan a trip.", ("help", "trip")),
     # No verb with a direct noun object:
+    ("React calmly to the complaint.", None),
+    ("Solving the puzzle requires patience.", None),
+    ("Day 1: visit the museum.", None),
+    ("NASA launches a rocket every year.", None),
+    ("Python is a programming language.", None),
+    ("Hello, how are you?", None),
+    ("Imagine you have a time machine.", None),
     ("What is the capital of France?", None),
     ("How do I bake bread?", None),
     ("Is this review positive or negative?", None),
@@ -422,3 +436,20 @@ def test_spacy_parser_when_installed() -> None:
     pairs = parser.pairs(["Write a short story about a dragon.", "What is the capital?"])
     assert pairs[0] == ("write", "story")
     assert pairs[1] is None
+
+
+def test_heuristic_on_the_papers_seed_tasks() -> None:
+    """On the release's 175 human-written seed tasks, about the share the paper reports for its
+    generated instructions (50.6%), and "write" first, as in its Figure 2."""
+    from collections import Counter
+
+    from conftest import paper_data
+
+    path = paper_data("seed_tasks.jsonl")
+    texts = [json.loads(line)["instruction"] for line in path.read_text("utf-8").splitlines()]
+    pairs = [heuristic_verb_noun(t) for t in texts]
+    found = [p for p in pairs if p]
+    assert 0.5 <= len(found) / len(texts) <= 0.75
+    verbs = Counter(v for v, _ in found)
+    assert verbs.most_common(1)[0][0] == "write"
+    assert {"give", "make", "create", "generate"} <= set(dict(verbs.most_common(8)))

@@ -946,12 +946,12 @@ def build_report(
         warnings.append(message)
         say(f"warning: {message}")
 
-    say(f"reading {rf.path}")
     data = _read_run(rf, warn)
     out = Path(out_dir) if out_dir is not None else rf.report_dir
     out.mkdir(parents=True, exist_ok=True)
     texts = _instruction_texts(data)
     run_json = data.run_json or {}
+    say(f"read {rf.path}: {len(texts):,} instructions, {len(data.examples or []):,} examples")
 
     # Figure 2
     pairs, method = verb_noun_pairs(texts, parser=parser, cache=out / PARSE_CACHE_FILE, progress=say)

@@ -85,7 +85,7 @@ _NOUN_S_KEPT = {
     "bus", "gas", "yes", "this", "us", "chaos", "crisis", "diagnosis", "emphasis", "axis",
     "summaries", "process", "address", "business", "class", "glass", "pros", "cons",
     "lyrics", "statistics", "genus", "corpus", "virus", "bonus", "census", "campus", "focus",
-    "canvas", "atlas", "alias", "iris", "apparatus",
+    "canvas", "atlas", "alias", "iris", "apparatus", "bias",
 }  # fmt: skip
 _ES_PLURAL = ("ches", "shes", "sses", "xes", "zzes", "oes")
 _SPECIAL_PLURALS = {
@@ -95,10 +95,23 @@ _SPECIAL_PLURALS = {
     "matrices": "matrix", "analyses": "analysis", "hypotheses": "hypothesis", "quizzes": "quiz",
 }  # fmt: skip
 
+# First words that are no imperative verb (besides wh-words, auxiliaries, pronouns, ...).
+_NOT_VERBS = {
+    "let", "good", "great", "best", "new", "old", "very", "just", "only", "not", "yes",
+    "hi", "hello", "hey", "dear", "thanks", "ok", "okay", "today", "tomorrow", "yesterday",
+    "however", "therefore", "also", "instead", "otherwise", "here", "there",
+}  # fmt: skip
+# A verb is not followed by these ("Note: ...", "Apples, pears").
+_NOT_AFTER_VERB = {":", ",", ";", "|", ")", "=", "/", "&"}
+
 # Modifiers that may open a noun phrase before its words ("the given numbers").
 _PREMODIFIERS = {"given", "following", "above", "below", "provided", "entire", "whole"}
 # Adverbs ending in -ly that are verbs, not openers ("Apply", "Reply", "Multiply").
 _LY_VERBS = {"fly", "rally", "tally", "bully", "ally"}
+_LY_NOUNS = {
+    "assembly", "anomaly", "butterfly", "dragonfly", "firefly", "jelly", "belly", "holly",
+    "folly", "italy", "july", "monopoly", "oligopoly", "homily", "ugly", "poly", "bully",
+}  # fmt: skip
 
 # Nouns that look like participles, kept as heads ("a binary string", "a job posting").
 _ING_NOUNS = {
@@ -114,7 +127,7 @@ _ING_NOUNS = {
 }  # fmt: skip
 _ED_NOUNS = {"hundred", "bed", "shed", "sled", "shred", "red", "bred"}
 
-_TOKEN = re.compile(r"[A-Za-z][A-Za-z'\u2019-]*|\d[\w.,/%:-]*|\S")
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z'\u2019-]*|\d[\w%-]*(?:[.,/:]\d[\w%-]*)*|\S")
 
 
 def _tokens(text: str) -> list[str]:
@@ -151,6 +164,27 @@ def singular(noun: str) -> str:
     return noun[:-1]
 
 
+def _could_be_verb(sentence: list[str], text: str) -> bool:
+    """Whether the first word of a sentence can be its imperative verb."""
+    word, following = sentence[0], sentence[1]
+    after = sentence[2] if len(sentence) > 2 else "."
+    if not _is_word(word) or "'" in word or (len(word) <= 2 and word != "go"):
+        return False
+    if any(word in group for group in _NOT_VERB_GROUPS):
+        return False
+    if word.endswith("ing") and len(word) >= 6:
+        return False  # "Solving the equation ...", "Learning Python is ..."
+    if word.endswith("ed") and len(word) >= 5 and not word.endswith("eed"):
+        return False  # "Based on ...", "Finished products ..."
+    if following in _AUX or following in _NOT_AFTER_VERB:
+        return False  # "Python is ...", "Note: ..."
+    if following[0].isdigit() and not _is_word(after):
+        return False  # "Day 1: ...", "Chapter 2."
+    # A word written with capitals after its first letter is a name ("AmazonBasics", "NASA").
+    original = re.search(rf"(?i)(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", text)
+    return not (original and any(c.isupper() for c in original.group(0)[1:]))
+
+
 def _is_participle(token: str) -> bool:
     """A present or past participle after a noun ("a sentence describing", "words used")."""
     if token.endswith("ing"):
@@ -162,7 +196,10 @@ def _is_participle(token: str) -> bool:
 
 def _is_adverb(token: str) -> bool:
     return token == "simply" or (
-        token.endswith("ly") and not token.endswith("ply") and token not in _LY_VERBS
+        token.endswith("ly")
+        and not token.endswith(("ply", "ily"))
+        and token not in _LY_VERBS
+        and token not in _LY_NOUNS
     )
 
 
@@ -211,10 +248,11 @@ def _object_head(tokens: list[str]) -> str | None:
             break
         if not phrase and (tok in _DETERMINERS or tok in _NUMBER_WORDS or tok in _PREMODIFIERS):
             continue
-        if tok in _STOPS:
+        if tok in _STOPS or tok in _AUX:
             break
-        if phrase and _is_participle(tok):
-            break  # "the sentence using ...", "the words used in ..."
+        if phrase and (_is_participle(tok) or _is_adverb(tok) or tok in _PRONOUNS):
+            break  # "the sentence using", "the words used in", "the list ascendingly", "the
+            # article you have been given"
         if tok.endswith("'s"):
             phrase = []  # "the user's name": the possessor is not the head
             continue
@@ -224,8 +262,8 @@ def _object_head(tokens: list[str]) -> str | None:
     if not phrase:
         return None
     head = phrase[-1].strip("'-")
-    if not head or head in _NOT_HEADS or head in _PRONOUNS:
-        return None
+    if not head or head in _NOT_HEADS or head in _PRONOUNS or _is_adverb(head):
+        return None  # "Classify the following:", "React properly"
     return singular(head)
 
 
@@ -239,12 +277,16 @@ def heuristic_verb_noun(text: str) -> Pair | None:
     2. Skip leading "Please"/"Kindly"/"Now", "Can/Could/Would/Will you", an adverb in -ly
        ("Briefly"), list bullets, and a clause that opens with "Given/Using/Based on/In/For/If/When/..." up to its first comma.
     3. The verb is the first word if it is a word and not a wh-word, an auxiliary, a pronoun,
-       a determiner, a number or a preposition.
+       a determiner, a number, a preposition, a greeting or adverb ("Hello", "However"), a
+       participle ("Solving", "Based"), a word of two letters, or a name written with inner
+       capitals ("AmazonBasics", "NASA"); and if the next token is not an auxiliary, a colon,
+       comma or similar, or a number before punctuation ("Python is", "Note:", "Day 1:").
     4. The object is the head (last word) of the noun phrase after the verb: indirect-object
        pronouns ("me", "us") are skipped, then leading determiners, numbers and "given",
        "following", "above"; the phrase
        ends at a preposition, conjunction, relative or wh-word, "to", punctuation, a
-       participle ("using", "used") or after five words; its last word, put in the singular,
+       participle ("using", "used"), an adverb in -ly, a pronoun ("the article you were
+       given") or after five words; its last word, put in the singular,
        is the object unless it is a determiner-like word ("following", "above").
     """
     tokens = _tokens(text)
@@ -256,22 +298,17 @@ def heuristic_verb_noun(text: str) -> Pair | None:
     if len(sentence) < 2:
         return None
     verb = sentence[0]
-    if (
-        not _is_word(verb)
-        or verb in _WH
-        or verb in _AUX
-        or verb in _PRONOUNS
-        or verb in _DETERMINERS
-        or verb in _NUMBER_WORDS
-        or verb in _STOPS
-        or verb in _CLAUSE_OPENERS
-        or "'" in verb
-    ):
+    if not _could_be_verb(sentence, text):
         return None
     noun = _object_head(sentence[1:])
     if noun is None:
         return None
     return verb, noun
+
+
+_NOT_VERB_GROUPS = (
+    _WH, _AUX, _PRONOUNS, _DETERMINERS, _NUMBER_WORDS, _STOPS, _CLAUSE_OPENERS, _NOT_VERBS
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
