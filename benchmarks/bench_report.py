@@ -31,7 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_NAME = "bench_instructions_52k.jsonl"
-CORPUS_CANDIDATES = [ROOT.parent / "shared" / "data" / CORPUS_NAME, Path("/work/shared/data") / CORPUS_NAME]
+CORPUS_CANDIDATES = [
+    ROOT.parent / "shared" / "data" / CORPUS_NAME,
+    Path("/work/shared/data") / CORPUS_NAME,
+]
 TARGET_S = 60.0
 
 try:

@@ -4,13 +4,12 @@ the verb/object heuristic on real instruction shapes; bad input through the CLI.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from selfinstruct.cli import cli
 from selfinstruct.records import example_key
 from selfinstruct.report import build_report
 from selfinstruct.runfolder import RunFolder
@@ -274,7 +273,16 @@ def test_report_of_step4_only(tmp_path: Path) -> None:
     result = build_report(rf)
     assert result.stats["table1"]["instructions"] == 5
     assert result.stats["rouge"]["pool_computed"] == 5
-    assert "share of classification tasks is unknown" in result.html.read_text("utf-8")
+    page = result.html.read_text("utf-8")
+    assert "share of classification tasks is unknown" in page
+    assert "their score to the pool was computed here for all of them" in page
+    # Past pool_sample instructions without most_similar, a seeded sample is computed.
+    sampled = build_report(rf, out_dir=tmp_path / "sampled", pool_sample=2)
+    r = sampled.stats["rouge"]
+    assert (r["pool_lacking_most_similar"], r["pool_computed"]) == (5, 2)
+    assert sum(r["hist_to_pool"]["counts"]) == 2
+    assert sum(r["hist_to_seeds"]["counts"]) == 5
+    assert "random sample of 2 of them" in sampled.html.read_text("utf-8")
 
 
 # ---- bad input through the CLI -------------------------------------------------------------
@@ -453,3 +461,51 @@ def test_heuristic_on_the_papers_seed_tasks() -> None:
     verbs = Counter(v for v, _ in found)
     assert verbs.most_common(1)[0][0] == "write"
     assert {"give", "make", "create", "generate"} <= set(dict(verbs.most_common(8)))
+
+
+def test_spacy_pair_rule_on_a_parse() -> None:
+    """The rule applied to a spaCy parse: root verb of the first sentence and its first direct
+    object that is a noun, lemmatized (checked on hand-built parse objects)."""
+    from types import SimpleNamespace as T
+
+    from selfinstruct.verbs import _doc_pair
+
+    def tok(lemma: str, pos: str, dep: str, children: tuple = ()) -> T:
+        return T(lemma_=lemma, pos_=pos, dep_=dep, children=children)
+
+    def doc(root: T) -> T:
+        return T(sents=[T(root=root)])
+
+    stories = tok("story", "NOUN", "dobj")
+    assert _doc_pair(doc(tok("Write", "VERB", "ROOT", (tok("a", "DET", "det"), stories)))) == (
+        "write",
+        "story",
+    )
+    it = tok("it", "PRON", "dobj")
+    assert _doc_pair(doc(tok("summarize", "VERB", "ROOT", (it,)))) is None
+    assert _doc_pair(doc(tok("be", "AUX", "ROOT", (stories,)))) is None
+    assert _doc_pair(T(sents=[])) is None
+
+
+def test_report_tells_a_torn_last_line(tmp_path: Path) -> None:
+    rf = make_run(tmp_path / "run")
+    with open(rf.instructions, "a", encoding="utf-8") as f:
+        f.write('{"instruction": "Write a po')  # a writer killed mid-line
+    before = rf.instructions.read_bytes()
+    result = build_report(rf, sample_rows=0)
+    assert result.stats["table1"]["instructions"] == 11
+    assert any("torn last line" in w for w in result.warnings)
+    assert "torn last line" in result.html.read_text("utf-8")
+    assert rf.instructions.read_bytes() == before  # a report never edits the run's files
+
+
+def test_report_picks_the_run_models_labels(tmp_path: Path) -> None:
+    rf = make_run(tmp_path / "run")
+    other = rf.classification_file_for("another-model")
+    _jsonl(other, [{"instruction": t, "is_classification": "Yes"} for t in INSTRUCTIONS])
+    result = build_report(rf, sample_rows=0)  # run.json names the model "scripted"
+    assert result.stats["table1"]["classification_instructions"] == 2
+    rf.run_file.unlink()
+    os.utime(other, (1, 1))  # without run.json: the newest file
+    result = build_report(rf, sample_rows=0)
+    assert result.stats["table1"]["classification_instructions"] == 2

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import random
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -373,30 +374,46 @@ def _max_to(index_texts: list[str], queries: list[str], chunk: int = 2048) -> np
 
 
 def _pool_scores(
-    texts: list[str], records: list[dict[str, Any]] | None, seeds: list[str], progress: Progress
-) -> tuple[np.ndarray, int]:
+    texts: list[str],
+    records: list[dict[str, Any]] | None,
+    seeds: list[str],
+    progress: Progress,
+    *,
+    limit: int,
+    seed: int,
+) -> tuple[np.ndarray, int, int]:
     """Each instruction's highest ROUGE-L to the seeds and the instructions before it, as step 1
     saw it: the best of its stored ``most_similar``, computed where that field is missing.
-    Returns the scores and how many were computed."""
+
+    Computing costs time in the square of the pool, so where more than ``limit`` instructions
+    lack the field, a seeded random sample of ``limit`` of them is computed and the others are
+    NaN. Returns the scores, how many lack the field and how many of those were computed.
+    """
     from selfinstruct.similarity import RougeLIndex
 
     scores = np.zeros(len(texts), dtype=np.float64)
-    missing: set[int] = set()
+    missing: list[int] = []
     for i in range(len(texts)):
         stored = (records[i].get("most_similar") if records is not None else None) or {}
         values = [v for v in stored.values() if isinstance(v, int | float)]
         if values:
             scores[i] = max(values)
         else:
-            missing.add(i)
-    if missing:
-        progress(f"computing ROUGE-L to the pool for {len(missing):,} instructions")
-        index = RougeLIndex(seeds)
-        for i, text in enumerate(texts):
-            if i in missing:
-                scores[i] = index.max_score(text) if len(index) else 0.0
-            index.add(text)
-    return scores, len(missing)
+            missing.append(i)
+    if not missing:
+        return scores, 0, 0
+    chosen = set(missing)
+    if len(missing) > limit:
+        chosen = set(random.Random(f"pool:{seed}").sample(missing, limit))
+        scores[[i for i in missing if i not in chosen]] = np.nan
+    progress(f"computing ROUGE-L to the pool for {len(chosen):,} instructions")
+    last = max(chosen) if chosen else -1
+    index = RougeLIndex(seeds)
+    for i, text in enumerate(texts[: last + 1]):
+        if i in chosen:
+            scores[i] = index.max_score(text) if len(index) else 0.0
+        index.add(text)
+    return scores, len(missing), len(chosen)
 
 
 def _histogram(values: np.ndarray, bins: np.ndarray) -> dict[str, list[float]]:
@@ -434,9 +451,7 @@ def _rating_stats(records: dict[str, dict[str, Any]], keys: set[str] | None) -> 
         if answers:
             questions[q] = {"answered": len(answers), "yes": sum(answers)}
             questions[q]["share_yes"] = _share(sum(answers), len(answers))
-    all_three = [
-        r for r in records.values() if all(isinstance(r.get(q), bool) for q in QUESTIONS)
-    ]
+    all_three = [r for r in records.values() if all(isinstance(r.get(q), bool) for q in QUESTIONS)]
     out: dict[str, Any] = {
         "examples": len(records),
         "rated": rated,
@@ -624,37 +639,48 @@ class _Figures:
                 )
                 ax.set_xlabel(f"{what} length (words; the last bar is \u2265{cap})")
                 ax.set_ylabel("count")
-                ax.legend(frameon=False, fontsize=8)
+                ax.legend(frameon=False, fontsize=8, loc="best")
             fig.tight_layout()
             self.save("fig4_lengths", fig)
 
     def ratings(self, sources: dict[str, dict[str, Any]]) -> None:
         plt = self.plt
+        questions = [*QUESTIONS, "all_fields_valid"]
+
+        def share_yes(s: dict[str, Any], q: str) -> float | None:
+            answered = s["questions"].get(q) or s.get(q)
+            return None if not answered else answered["share_yes"]
+
+        answered = {n: s for n, s in sources.items() if any(share_yes(s, q) for q in questions)}
         with plt.rc_context(self.rc):
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-            width = 0.8 / max(1, len(sources))
-            colors = ("#4878a8", "#d1884c")
+            ncols = 2 if answered else 1
+            fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.8), squeeze=False)
+            colors = {name: c for name, c in zip(sources, ("#4878a8", "#d1884c"), strict=False)}
+            ax = axes[0][0]
+            width = 0.8 / len(sources)
             for i, (name, s) in enumerate(sources.items()):
                 x = np.arange(len(RATINGS)) + (i - (len(sources) - 1) / 2) * width
                 shares = [100 * (s["shares"][g] or 0) for g in RATINGS]
-                ax1.bar(x, shares, width, label=f"{name} ({s['rated']:,})", color=colors[i % 2])
-                qs = list(QUESTIONS) + ["all_fields_valid"]
-                y = [
-                    100 * ((s["questions"].get(q) or s.get(q) or {}).get("share_yes") or 0)
-                    for q in qs
-                ]
-                x2 = np.arange(len(qs)) + (i - (len(sources) - 1) / 2) * width
-                ax2.bar(x2, y, width, label=name, color=colors[i % 2])
-            ax1.set_xticks(range(len(RATINGS)), [f"{g}\n{RATING_MEANING[g]}" for g in RATINGS])
-            ax1.set_ylabel("% of rated examples")
-            ax1.legend(frameon=False)
-            ax1.tick_params(axis="x", labelsize=7)
-            ax2.set_xticks(
-                range(4), ["valid\ninstruction", "input\nfits", "output\ncorrect", "all three"]
+                ax.bar(x, shares, width, label=f"{name} ({s['rated']:,} rated)", color=colors[name])
+            ax.set_xticks(
+                range(len(RATINGS)),
+                [f"{g}\n" + "\n".join(textwrap.wrap(RATING_MEANING[g], 16)) for g in RATINGS],
             )
-            ax2.set_ylabel("% yes")
-            ax2.set_ylim(0, 100)
-            ax2.legend(frameon=False)
+            ax.tick_params(axis="x", labelsize=8)
+            ax.set_ylabel("% of rated examples")
+            ax.legend(frameon=False)
+            if answered:
+                ax = axes[0][1]
+                width = 0.8 / len(answered)
+                for i, (name, s) in enumerate(answered.items()):
+                    x = np.arange(len(questions)) + (i - (len(answered) - 1) / 2) * width
+                    y = [100 * (share_yes(s, q) or 0) for q in questions]
+                    ax.bar(x, y, width, label=name, color=colors[name])
+                labels = ["valid\ninstruction", "input\nfits", "output\ncorrect", "all three"]
+                ax.set_xticks(range(len(questions)), labels)
+                ax.set_ylabel("% yes (of the answered)")
+                ax.set_ylim(0, 100)
+                ax.legend(frameon=False)
             fig.tight_layout()
             self.save("fig5_ratings", fig)
 
@@ -689,7 +715,9 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:,.2f}" if abs(value) >= 100 or value == int(value) else f"{value:.3g}"
+        if value.is_integer():
+            return f"{int(value):,}"
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
     return str(value)
 
 
@@ -820,7 +848,11 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
     add(_img(figs, "fig2_verbs", "Sunburst of root verbs and their direct noun objects"))
     if v["top"]:
         rows = [
-            [x["verb"], x["count"], ", ".join(f"{o['noun']} ({o['count']:,})" for o in x["objects"])]
+            [
+                x["verb"],
+                x["count"],
+                ", ".join(f"{o['noun']} ({o['count']:,})" for o in x["objects"]),
+            ]
             for x in v["top"]
         ]
         add(_table(["verb", "instructions", f"top {TOP_NOUNS} objects"], rows))
@@ -831,14 +863,29 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
     add(
         f"<p>Highest ROUGE-L F1 of each instruction to the {_fmt(r['seed_tasks'])} seed tasks"
         f" ({_e(r['seed_source'])}), and to the seed tasks plus the instructions accepted"
-        f" before it (step 1's <code>most_similar</code>; computed for"
-        f" {_fmt(r['pool_computed'])} instructions that lack it). Dashed line: the step-1"
-        f" threshold {_fmt(r['threshold'])}.</p>"
+        " before it (the best score in step 1's <code>most_similar</code>)."
+        f" Dashed line: the step-1 threshold {_fmt(r['threshold'])}.</p>"
     )
+    if r["pool_lacking_most_similar"]:
+        lacking, computed = r["pool_lacking_most_similar"], r["pool_computed"]
+        how = (
+            "computed here for all of them"
+            if computed == lacking
+            else f"computed here for a random sample of {_fmt(computed)} of them only, and the"
+            " right-hand histogram counts that sample in their place"
+        )
+        add(
+            f'<p class="note">{_fmt(lacking)} instructions have no <code>most_similar</code>:'
+            f" their score to the pool was {how}.</p>"
+        )
     rows = [
-        ["to the seed tasks", *[r["to_seeds"][k] for k in ("mean", "median", "p90", "max")]],
-        ["to seeds and earlier pool", *[r["to_pool"][k] for k in ("mean", "median", "p90", "max")]],
-    ] if r["to_seeds"] else []  # fmt: skip
+        [what, *[r[key][k] for k in ("mean", "median", "p90", "max")]]
+        for what, key in (
+            ("to the seed tasks", "to_seeds"),
+            ("to seeds and earlier pool", "to_pool"),
+        )
+        if r[key]
+    ]
     if rows:
         add(_table(["highest ROUGE-L", "mean", "median", "90th pct", "max"], rows))
     add(_img(figs, "fig3_rouge", "Histograms of the highest ROUGE-L per instruction"))
@@ -896,7 +943,9 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
     add('<h2 id="samples">Sample of examples</h2>')
     if samples:
         add(f'<p class="note">{len(samples)} examples drawn at random (seed {s["seed"]}).</p>')
-        rows = [[x.get("instruction", ""), x.get("input", ""), x.get("output", "")] for x in samples]
+        rows = [
+            [x.get("instruction", ""), x.get("input", ""), x.get("output", "")] for x in samples
+        ]
         add(_table(["instruction", "input", "output"], rows, cls="samples"))
     else:
         add('<p class="note">No examples to show.</p>')
@@ -924,6 +973,7 @@ def build_report(
     progress: Progress | None = None,
     parser: str = "auto",
     seed_tasks: str | Path | None = None,
+    pool_sample: int = 5000,
 ) -> ReportResult:
     """Write the report of a run folder; return the paths written and the numbers.
 
@@ -931,7 +981,9 @@ def build_report(
     with ``random.Random(seed)``. ``progress`` is told what is being done and every warning.
     ``parser`` chooses the verb/object parse (see :func:`selfinstruct.verbs.resolve_parser`).
     ``seed_tasks`` is the seed file Figure 3 compares with; by default the one on run.json's
-    command line, else the built-in seed tasks.
+    command line, else the built-in seed tasks. Where more than ``pool_sample`` instructions
+    lack step 1's ``most_similar``, their ROUGE-L to the pool is computed on a seeded random
+    sample of that many (the computation grows with the square of the pool).
 
     Raises ConfigError for a missing run folder and DataFileError for a folder without step
     files, an empty step file or a malformed line.
@@ -954,16 +1006,23 @@ def build_report(
     say(f"read {rf.path}: {len(texts):,} instructions, {len(data.examples or []):,} examples")
 
     # Figure 2
-    pairs, method = verb_noun_pairs(texts, parser=parser, cache=out / PARSE_CACHE_FILE, progress=say)
+    pairs, method = verb_noun_pairs(
+        texts, parser=parser, cache=out / PARSE_CACHE_FILE, progress=say
+    )
     verb_stats, top = _verb_stats(texts, pairs, method)
 
     # Figure 3
     say("scoring ROUGE-L to the seed tasks")
     seeds, seed_source = _seed_instructions(data.run_json, seed_tasks)
     to_seeds = _max_to(seeds, texts)
-    to_pool, computed = _pool_scores(texts, data.instructions, seeds, say)
-    threshold = (run_json.get("config") or {}).get("instructions", {}).get(
-        "similarity_threshold", DEFAULT_THRESHOLD
+    to_pool, lacking, computed = _pool_scores(
+        texts, data.instructions, seeds, say, limit=pool_sample, seed=seed
+    )
+    to_pool_known = to_pool[~np.isnan(to_pool)]
+    threshold = (
+        (run_json.get("config") or {})
+        .get("instructions", {})
+        .get("similarity_threshold", DEFAULT_THRESHOLD)
     )
     if not isinstance(threshold, int | float):
         threshold = DEFAULT_THRESHOLD
@@ -1020,11 +1079,12 @@ def build_report(
             "seed_tasks": len(seeds),
             "seed_source": seed_source,
             "threshold": threshold,
+            "pool_lacking_most_similar": lacking,
             "pool_computed": computed,
             "to_seeds": _summary(to_seeds),
-            "to_pool": _summary(to_pool),
+            "to_pool": _summary(to_pool_known),
             "hist_to_seeds": _histogram(to_seeds, bins),
-            "hist_to_pool": _histogram(to_pool, bins),
+            "hist_to_pool": _histogram(to_pool_known, bins),
         },
         "lengths": {
             "instructions": _summary(instr_len),
@@ -1042,7 +1102,7 @@ def build_report(
     if top:
         figs.sunburst(top)
     if texts:
-        figs.rouge(to_seeds, to_pool, float(threshold))
+        figs.rouge(to_seeds, to_pool_known, float(threshold))
         figs.lengths(instr_len, input_len, out_with, out_without)
     if ratings:
         figs.ratings(ratings)
@@ -1069,4 +1129,3 @@ def _method_note(method: str) -> str:
         " pronouns skipped; it ends at a preposition, conjunction, relative word or punctuation),"
         " put in the singular. Install spaCy and an en_core_web_* pipeline for a real parse."
     )
-

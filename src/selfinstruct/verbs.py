@@ -15,6 +15,7 @@ a second report of the same run costs nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -27,7 +28,7 @@ from selfinstruct.io import write_atomic
 Pair = tuple[str, str]
 Progress = Callable[[str], None]
 
-# Bump when the rules change, so that cached parses of an older version are not reused.
+# Bump when the rules change in a way worth naming (caches follow this file's text anyway).
 HEURISTIC_VERSION = 1
 HEURISTIC = f"heuristic-v{HEURISTIC_VERSION}"
 
@@ -122,8 +123,8 @@ _ING_NOUNS = {
     "booking", "marketing", "programming", "learning", "thinking", "shopping", "cooking",
     "parking", "clustering", "sorting", "hearing", "crossing", "filling", "dumpling",
     "stuffing", "frosting", "icing", "topping", "dressing", "seasoning", "lighting",
-    "engineering", "planning", "gathering", "funding", "housing", "earring", "ceiling",
-    "belonging", "meaning", "beginning", "timing", "spelling", "wording", "pricing",
+    "engineering", "planning", "gathering", "funding", "housing", "earring", "belonging",
+    "meaning", "beginning", "timing", "spelling", "wording", "pricing",
 }  # fmt: skip
 _ED_NOUNS = {"hundred", "bed", "shed", "sled", "shred", "red", "bred"}
 
@@ -275,7 +276,8 @@ def heuristic_verb_noun(text: str) -> Pair | None:
     1. Lower-case and tokenize; keep the first sentence, or the next one when the first is a
        lone "Given ..." clause.
     2. Skip leading "Please"/"Kindly"/"Now", "Can/Could/Would/Will you", an adverb in -ly
-       ("Briefly"), list bullets, and a clause that opens with "Given/Using/Based on/In/For/If/When/..." up to its first comma.
+       ("Briefly"), list bullets, and a clause that opens with "Given/Using/Based on/In/For/
+       If/When/..." up to its first comma.
     3. The verb is the first word if it is a word and not a wh-word, an auxiliary, a pronoun,
        a determiner, a number, a preposition, a greeting or adverb ("Hello", "However"), a
        participle ("Solving", "Based"), a word of two letters, or a name written with inner
@@ -283,11 +285,10 @@ def heuristic_verb_noun(text: str) -> Pair | None:
        comma or similar, or a number before punctuation ("Python is", "Note:", "Day 1:").
     4. The object is the head (last word) of the noun phrase after the verb: indirect-object
        pronouns ("me", "us") are skipped, then leading determiners, numbers and "given",
-       "following", "above"; the phrase
-       ends at a preposition, conjunction, relative or wh-word, "to", punctuation, a
-       participle ("using", "used"), an adverb in -ly, a pronoun ("the article you were
-       given") or after five words; its last word, put in the singular,
-       is the object unless it is a determiner-like word ("following", "above").
+       "following", "above"; the phrase ends at a preposition, conjunction, relative or
+       wh-word, auxiliary, "to", punctuation, a participle ("using", "used"), an adverb in
+       -ly, a pronoun ("the article you were given") or after five words; its last word, put
+       in the singular, is the object unless it is a determiner-like word ("following").
     """
     tokens = _tokens(text)
     sentence = _first_sentence(tokens)
@@ -337,11 +338,16 @@ class SpacyParser:
         try:
             import spacy  # noqa: PLC0415 - optional
         except ImportError:
-            raise ConfigError("--parser spacy: spaCy is not installed (pip install spacy)") from None
+            raise ConfigError(
+                "--parser spacy: spaCy is not installed (pip install spacy)"
+            ) from None
         try:
-            self._nlp = spacy.load(model, disable=["ner", "textcat"])
+            self._nlp = spacy.load(model)
         except OSError as e:
             raise ConfigError(f"--parser spacy:{model}: cannot load the pipeline ({e})") from None
+        unused = [p for p in self._nlp.pipe_names if p in ("ner", "textcat", "textcat_multilabel")]
+        if unused:
+            self._nlp.select_pipes(disable=unused)  # only the parse is needed
         version = self._nlp.meta.get("version", "?")
         self.method = f"spacy:{model}-{version}"
 
@@ -410,6 +416,8 @@ def verb_noun_pairs(
     parsed again, and new parses are added to it.
     """
     method, spacy_parser = resolve_parser(parser)
+    # The rules' own text is part of the key: a cache made by other rules is not reused.
+    rules = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
     distinct = list(dict.fromkeys(texts))
     known: dict[str, Pair | None] = {}
     if cache is not None and cache.exists():
@@ -417,7 +425,11 @@ def verb_noun_pairs(
             stored = json.loads(cache.read_text("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             stored = {}
-        if isinstance(stored, dict) and stored.get("method") == method:
+        if (
+            isinstance(stored, dict)
+            and stored.get("method") == method
+            and stored.get("rules") == rules
+        ):
             for text, pair in (stored.get("pairs") or {}).items():
                 known[text] = (pair[0], pair[1]) if isinstance(pair, list) else None
     todo = [t for t in distinct if t not in known]
@@ -432,6 +444,7 @@ def verb_noun_pairs(
         if cache is not None:
             payload = {
                 "method": method,
+                "rules": rules,
                 "pairs": {t: list(p) if p else None for t, p in known.items()},
             }
             write_atomic(cache, json.dumps(payload, ensure_ascii=False))
