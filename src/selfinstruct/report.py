@@ -1124,7 +1124,8 @@ def _method_note(method: str) -> str:
     return (
         "No spaCy English pipeline is installed, so a rule-based parse was used: skip openers"
         " (\u201cPlease\u201d, \u201cCan you\u201d, a leading \u201cGiven \u2026,\u201d clause);"
-        " the verb is the first word unless it is a wh-word, auxiliary or pronoun; the object is"
+        " the verb is the first word unless it is a wh-word, auxiliary, pronoun or another word"
+        " that cannot be an imperative verb; the object is"
         " the last word of the noun phrase after it (determiners, numbers and indirect-object"
         " pronouns skipped; it ends at a preposition, conjunction, relative word or punctuation),"
         " put in the singular. Install spaCy and an en_core_web_* pipeline for a real parse."

@@ -12,8 +12,7 @@ from selfinstruct.cli import cli
 @cli.command("report")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
-    "--out",
-    "-o",
+    "--out-dir",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
