@@ -444,7 +444,7 @@ def evaluate_command(
     if result.engine.get("budget_stop"):
         which = result.engine["budget_stop"].replace("_", "-")
         raise BudgetExhausted(
-            f"stopped at the {which} budget; {out} keeps every answer: rerun to continue"
+            f"stopped at the --{which} budget; {out} keeps every answer: rerun to continue"
         )
     if result.failed:
         raise SelfInstructError(
