@@ -411,6 +411,13 @@ Examples:
     show_default=True,
     help="How scores are printed on stdout.",
 )
+@click.option(
+    "--training-data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Warn when the tasks overlap this training file (13-gram or ROUGE-L > 0.7)  [default:"
+    " the data a 'local?lora=DIR' model was fine-tuned on, per DIR/finetune.json]",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages (errors show).")
 def evaluate_command(
     files: tuple[Path, ...],
@@ -431,6 +438,7 @@ def evaluate_command(
     base_url: str | None,
     api_key: str | None,
     table_format: str,
+    training_data: Path | None,
     quiet: bool,
 ) -> None:
     """Answer a task file with a model and score it (ROUGE-L F1, exact match, length), score
@@ -466,9 +474,15 @@ def evaluate_command(
         return
     if model_spec is None or tasks is None or out is None:
         raise ConfigError("generating needs --model, --tasks and --out")
+    from selfinstruct.decontaminate import overlap_warning, training_data_of
     from selfinstruct.engine import EngineSettings
     from selfinstruct.models.base import Sampling
 
+    training_data = training_data or training_data_of(model_spec)
+    if training_data is not None:
+        warning = overlap_warning(tasks, training_data)
+        if warning is not None:  # one line, unwrapped
+            click.echo(f"warning: {warning}", err=True)
     result = ev.run_evaluation(
         model_spec,
         tasks,
