@@ -76,6 +76,7 @@ class Pipeline:
         self.reporter = reporter or Reporter(quiet=not progress)
         self.command = command
         self._seeds = seeds
+        self._seeds_file = None if seeds is None or isinstance(seeds, list) else str(seeds)
         self._model_spec = model
         self._model_options = {"base_url": base_url, "api_key": api_key, "timeout": timeout}
         self._model: Model | None = model if isinstance(model, Model) else None
@@ -139,7 +140,9 @@ class Pipeline:
         seeds = self.seeds  # a bad seed file stops here, before any model call
         settings = InstructionSettings(num_instructions=num_instructions, seed=self.seed, **options)
         return self._model_step(
-            settings, lambda ctx: generate_instructions(ctx, seeds, self.folder, settings)
+            settings,
+            lambda ctx: generate_instructions(ctx, seeds, self.folder, settings),
+            extra={"seed_tasks": self._seeds_file},
         )
 
     def identify_classification(self, **options: Any) -> StepReport:
@@ -156,15 +159,59 @@ class Pipeline:
             settings, lambda ctx: generate_instances(ctx, self.folder, settings)
         )
 
-    def prepare(self, *, include_seed_tasks: bool = False, **options: Any) -> StepReport:
-        """Step 4: filter and write the fine-tuning files (`PrepareSettings` fields). No model."""
+    def prepare(
+        self,
+        *,
+        include_seed_tasks: bool = False,
+        min_rating: str | None = None,
+        decontaminate: list[str | Path] | None = None,
+        **options: Any,
+    ) -> StepReport:
+        """Step 4: filter and write the fine-tuning files (`PrepareSettings` fields). No model.
+
+        `min_rating` ("A".."D") keeps only examples the judge rated at least that well.
+        `decontaminate` lists evaluation sets whose items no training example may overlap
+        (13-gram or ROUGE-L); None looks for the paper's user-oriented tasks on this machine,
+        [] turns the check off.
+        """
         settings = PrepareSettings(include_seed_tasks=include_seed_tasks, **options)
         seeds = self.seeds if settings.include_seed_tasks else None
+        filters, ratings, config = self._example_filters(min_rating, decontaminate)
         with self.folder.lock():
-            report = prepare_finetuning(self.folder, settings, seeds=seeds, reporter=self.reporter)
-            self._record(report, settings, with_model=False)
+            report = prepare_finetuning(
+                self.folder,
+                settings,
+                seeds=seeds,
+                reporter=self.reporter,
+                filters=filters,
+                ratings=ratings,
+            )
+            self._record(report, settings, with_model=False, extra=config)
         self.reporter.summary(TITLES[report.step], report.rows())
         return report
+
+    def _example_filters(
+        self, min_rating: str | None, decontaminate: list[str | Path] | None
+    ) -> tuple[list, dict[str, str], dict[str, Any]]:
+        """Step 4's filters beyond the paper's: the judge's rating and decontamination."""
+        from selfinstruct.decontaminate import Decontaminator, default_eval_sets
+        from selfinstruct.judge import load_ratings, rating_filter
+
+        filters: list = []
+        config: dict[str, Any] = {"min_rating": min_rating}
+        ratings = load_ratings(self.folder) if self.folder.judgments.exists() else {}
+        if min_rating is not None:
+            filters.append(rating_filter(ratings, min_rating))
+        eval_sets = default_eval_sets() if decontaminate is None else list(decontaminate)
+        config["decontaminate"] = [str(p) for p in eval_sets]
+        if eval_sets:
+            filters.append(decontamination_filter(Decontaminator.from_files(eval_sets)))
+        elif decontaminate is None:
+            self.reporter.info(
+                "decontamination: no evaluation set found (the paper's user-oriented tasks are"
+                " not shipped); pass --decontaminate FILE or set SELFINSTRUCT_EVAL_DIR"
+            )
+        return filters, ratings, config
 
     def run(
         self,
@@ -214,7 +261,9 @@ class Pipeline:
 
     # --- one model step -------------------------------------------------------------------
 
-    def _model_step(self, settings: Any, step: Any) -> StepReport:
+    def _model_step(
+        self, settings: Any, step: Any, extra: dict[str, Any] | None = None
+    ) -> StepReport:
         model = self.model  # an unreachable server or a refused key stops before the folder
         with self.folder.lock():
             ctx = StepContext(
@@ -222,7 +271,7 @@ class Pipeline:
             )
             report: StepReport = step(ctx)
             self._spend(report)
-            self._record(report, settings, with_model=True)
+            self._record(report, settings, with_model=True, extra=extra)
         self.reporter.summary(TITLES[report.step], report.rows())
         if report.engine is not None and report.engine.budget_stop:
             which = report.engine.budget_stop.replace("_", "-")
@@ -249,8 +298,15 @@ class Pipeline:
             else max(0, e.max_tokens_total - report.usage.total_tokens),
         )
 
-    def _record(self, report: StepReport, settings: Any, *, with_model: bool) -> None:
-        config = settings_dict(settings)
+    def _record(
+        self,
+        report: StepReport,
+        settings: Any,
+        *,
+        with_model: bool,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        config = {**settings_dict(settings), **(extra or {})}
         model = self.model.info if with_model else None
         if with_model:
             config["model"] = (
@@ -266,6 +322,19 @@ class Pipeline:
             seed=self.seed if with_model else None,
             price=self.price,
         )
+
+
+def decontamination_filter(checker: Any) -> Any:
+    """A step-4 filter that drops the examples overlapping an evaluation item."""
+
+    def check(examples: list[tuple[str, str, str]]) -> list[dict | None]:
+        hits = checker.check_many((i, x) for i, x, _ in examples)
+        return [
+            None if hit is None else {**hit.to_dict(), "reason": f"decontaminated_{hit.reason}"}
+            for hit in hits
+        ]
+
+    return check
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:

@@ -93,6 +93,11 @@ class RunFolder:
     def alpaca(self) -> Path:
         return self.finetuning_dir / "alpaca_data.json"
 
+    @property
+    def dropped_examples(self) -> Path:
+        """Step 4's examples dropped by a filter (judge rating, decontamination), with why."""
+        return self.finetuning_dir / "dropped_examples.jsonl"
+
     def gpt3_finetuning(self, count: int | str) -> Path:
         return self.finetuning_dir / _GPT3_PATTERN.format(count=count)
 

@@ -21,6 +21,7 @@ from selfinstruct.cli.options import (
     seed_option,
     seed_tasks_option,
 )
+from selfinstruct.errors import ConfigError
 from selfinstruct.runfile import RunFile
 
 CLASSIFICATION_ONLY = click.option(
@@ -51,6 +52,24 @@ LENIENT_LABELS = click.option(
     is_flag=True,
     help="Step 2: count an answer such as 'Yes.' or 'yes, it is' as yes  [default: off: only an"
     " exact Yes/yes/YES, as the original scripts]",
+)
+MIN_RATING = click.option(
+    "--min-rating",
+    type=click.Choice(["A", "B", "C", "D"]),
+    default=None,
+    help="Keep only examples the judge rated this well or better (run 'selfinstruct judge'"
+    " first; unrated examples are dropped)  [default: no rating filter]",
+)
+DECONTAMINATE = click.option(
+    "--decontaminate",
+    "decontaminate",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Drop examples overlapping this evaluation set (13-gram or ROUGE-L > 0.7), repeatable"
+    "  [default: the paper's user-oriented tasks where found ($SELFINSTRUCT_EVAL_DIR)]",
+)
+NO_DECONTAMINATE = click.option(
+    "--no-decontaminate", is_flag=True, help="Skip the decontamination check."
 )
 INCLUDE_SEEDS_HELP = "Add the seed tasks' instances to the fine-tuning data."
 
@@ -225,18 +244,28 @@ def generate_instances_cmd(batch_dir: Path, seed: int, max_instances: int, **kwa
     show_default=True,
     help="Appended to each completion of the prompt/completion file.",
 )
+@MIN_RATING
+@DECONTAMINATE
+@NO_DECONTAMINATE
 @seed_option(123)
 @click.option("--quiet", "-q", is_flag=True, help="No summary.")
 def prepare_cmd(
-    batch_dir: Path, seed_tasks: Path | None, seed: int, quiet: bool, **kwargs: Any
+    batch_dir: Path,
+    seed_tasks: Path | None,
+    seed: int,
+    quiet: bool,
+    decontaminate: tuple[Path, ...],
+    no_decontaminate: bool,
+    **kwargs: Any,
 ) -> None:
     """Step 4: filter the instances and write fine-tuning files (GPT-3, OpenAI chat, Alpaca)."""
     from selfinstruct.pipeline import Pipeline
 
     for name in ("instance_files", "classification_files"):
         kwargs[name] = list(kwargs[name]) or None
+    eval_sets = eval_sets_option(decontaminate, no_decontaminate)
     with Pipeline(batch_dir, seeds=seed_tasks, progress=not quiet, command="prepare") as p:
-        report = p.prepare(seed=seed, **kwargs)
+        report = p.prepare(seed=seed, decontaminate=eval_sets, **kwargs)
         for path in report.outputs:
             p.reporter.info(f"wrote {path}")
 
@@ -266,6 +295,8 @@ def prepare_cmd(
     show_default=True,
     help=INCLUDE_SEEDS_HELP,
 )
+@DECONTAMINATE
+@NO_DECONTAMINATE
 @seed_option(42)
 @model_options
 def run_cmd(
@@ -275,15 +306,19 @@ def run_cmd(
     num_instructions: int,
     lowercase_rest: bool,
     lenient_labels: bool,
+    decontaminate: tuple[Path, ...],
+    no_decontaminate: bool,
     **kwargs: Any,
 ) -> None:
     """Run all four steps into one folder; rerun it to resume."""
     opts = ModelOptions.pop(kwargs)
+    eval_sets = eval_sets_option(decontaminate, no_decontaminate)
     with opts.pipeline(batch_dir, seed=seed, seeds=seed_tasks, command="run") as p:
         p.run(
             num_instructions,
             instructions={"lowercase_rest": lowercase_rest},
             classification={"lenient_labels": lenient_labels},
+            prepare={"decontaminate": eval_sets},
             **kwargs,
         )
         usage = RunFile(p.folder).data.get("usage", {})
@@ -291,3 +326,10 @@ def run_cmd(
             f"done: {batch_dir}  ({usage.get('requests', 0)} requests,"
             f" {usage.get('total_tokens', 0):,} tokens in all; details in run.json)"
         )
+
+
+def eval_sets_option(files: tuple[Path, ...], off: bool) -> list[Path] | None:
+    """--decontaminate / --no-decontaminate as Pipeline.prepare takes them."""
+    if off and files:
+        raise ConfigError("--decontaminate and --no-decontaminate exclude each other")
+    return [] if off else (list(files) or None)

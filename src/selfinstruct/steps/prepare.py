@@ -14,14 +14,14 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from selfinstruct.formats import END_TOKEN, chat_record, encode, vary_input
 from selfinstruct.io import write_atomic, write_jsonl_atomic
 from selfinstruct.progress import Reporter
-from selfinstruct.records import SeedTask, TrainingExample
+from selfinstruct.records import SeedTask, TrainingExample, example_key
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepReport, finish_reason_of
 
@@ -133,7 +133,10 @@ def clean_task_instances(
     return unique
 
 
-ExampleFilter = Callable[[Triple], str | None]
+# A filter looks at a batch of examples and returns, for each, None to keep it or a dict that
+# says why it goes: {"reason": ..., and any details}. Batches, because some filters (the
+# decontaminator) are much faster over many examples at once.
+ExampleFilter = Callable[[list[Triple]], list[dict | None]]
 
 
 def prepare_finetuning(
@@ -143,9 +146,12 @@ def prepare_finetuning(
     seeds: list[SeedTask] | None = None,
     reporter: Reporter | None = None,
     filters: list[ExampleFilter] = (),
+    ratings: Mapping[str, str] | None = None,
 ) -> StepReport:
-    """Step 4. `filters` each return a drop reason for an example, or None to keep it (the
-    judge's ratings and decontamination plug in here); every drop is counted by reason."""
+    """Step 4. `filters` drop examples with a reason (the judge's ratings and decontamination
+    plug in here); every drop is counted by reason and written, with its details, to
+    `finetuning_data/dropped_examples.jsonl`. With `ratings` (example key -> the judge's
+    rating), each record of all_generated_instances.jsonl carries its rating."""
     s = settings or PrepareSettings()
     reporter = reporter or Reporter(quiet=True)
     rf = run if isinstance(run, RunFolder) else RunFolder(run)
@@ -158,11 +164,12 @@ def prepare_finetuning(
     instance_paths = [rf.path / f for f in s.instance_files] if s.instance_files else None
     tasks = rf.read_instance_generations(instance_paths, warn=reporter.warn)
     generated, tasks_read = _generated_instances(tasks, labels, s, rng, dropped)
-    generated = _apply_filters(generated, filters, dropped)
+    removed: list[dict] = []
+    generated = _apply_filters(generated, filters, dropped, removed)
     unique_instructions = list(dict.fromkeys(t[0] for t in generated))
 
     outputs = [out.all_instances]
-    write_jsonl_atomic(out.all_instances, (TrainingExample(*t).to_dict() for t in generated))
+    write_jsonl_atomic(out.all_instances, (_with_rating(t, ratings) for t in generated))
     if s.num_instructions is not None and s.num_instructions < len(unique_instructions):
         chosen = set(rng.sample(unique_instructions, s.num_instructions))
         generated = [t for t in generated if t[0] in chosen]
@@ -175,9 +182,11 @@ def prepare_finetuning(
         seed_instances = [
             (task.instruction, i.input, i.output) for task in seeds for i in task.instances
         ]
-        training += _apply_filters(seed_instances, filters, dropped, prefix="seed_")
+        training += _apply_filters(seed_instances, filters, dropped, removed, prefix="seed_")
     written, n_encoded = _write_training_files(out, training, rng, s.end_token, dropped)
     outputs += written
+    write_jsonl_atomic(out.dropped_examples, removed)
+    outputs.append(out.dropped_examples)
 
     clf_instructions = sum(1 for i in unique_instructions if labels.get(i))
     report = StepReport("prepare", outputs=[str(p) for p in outputs])
@@ -192,6 +201,14 @@ def prepare_finetuning(
     }
     report.dropped = dict(dropped)
     return report
+
+
+def _with_rating(example: Triple, ratings: Mapping[str, str] | None) -> dict:
+    record: dict = TrainingExample(*example).to_dict()
+    rating = ratings.get(example_key(*example)) if ratings else None
+    if rating is not None:
+        record["rating"] = rating
+    return record
 
 
 def _generated_instances(
@@ -223,16 +240,25 @@ def _generated_instances(
 
 
 def _apply_filters(
-    examples: list[Triple], filters: list[ExampleFilter], dropped: Counter[str], prefix: str = ""
+    examples: list[Triple],
+    filters: list[ExampleFilter],
+    dropped: Counter[str],
+    removed: list[dict],
+    prefix: str = "",
 ) -> list[Triple]:
-    kept = []
-    for example in examples:
-        reason = next((r for f in filters if (r := f(example)) is not None), None)
-        if reason is None:
-            kept.append(example)
-        else:
-            dropped[prefix + reason] += 1
-    return kept
+    """The examples no filter drops; each drop counted by reason and kept in `removed`."""
+    for f in filters:
+        verdicts = f(examples)
+        kept = []
+        for example, verdict in zip(examples, verdicts, strict=True):
+            if verdict is None:
+                kept.append(example)
+                continue
+            reason = prefix + verdict["reason"]
+            dropped[reason] += 1
+            removed.append({**TrainingExample(*example).to_dict(), **verdict, "reason": reason})
+        examples = kept
+    return examples
 
 
 def _write_training_files(
