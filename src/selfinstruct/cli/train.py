@@ -3,8 +3,9 @@ inside the commands, so that `selfinstruct --help` stays fast and works without 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +18,9 @@ from selfinstruct.cli.options import (
     seed_option,
 )
 from selfinstruct.errors import BudgetExhausted, ConfigError, SelfInstructError
+
+if TYPE_CHECKING:
+    from selfinstruct.progress import Reporter
 
 FINETUNE_EPILOG = """\b
 Examples:
@@ -187,7 +191,7 @@ Examples:
     help="[openai] Start (or check) the job and exit; rerun the command to resume polling.",
 )
 @quiet_option
-def finetune_command(data: Path, out: Path, backend: str, **opts: object) -> None:
+def finetune_command(data: Path, out: Path, backend: str, **opts: Any) -> None:
     """Fine-tune a model on DATA and write the result to OUT.
 
     DATA may be any file the pipeline writes (gpt3_finetuning_data_*.jsonl,
@@ -198,40 +202,28 @@ def finetune_command(data: Path, out: Path, backend: str, **opts: object) -> Non
     """
     from selfinstruct.progress import Reporter
 
-    reporter = Reporter(quiet=bool(opts["quiet"]))
+    reporter = Reporter(quiet=opts["quiet"])
     if backend == "openai":
         _finetune_openai(data, out, opts, reporter)
     else:
         _finetune_local(data, out, opts, reporter)
 
 
-def _finetune_local(data: Path, out: Path, opts: dict, reporter: object) -> None:
+# Options that only the openai backend reads: given to the local one, they are an error.
+_OPENAI_ONLY = ("api_key", "suffix", "no_wait")
+
+
+def _finetune_local(data: Path, out: Path, opts: dict[str, Any], reporter: Reporter) -> None:
     from selfinstruct.finetune.local import LocalConfig, train_local
 
-    for name in ("api_key", "suffix", "no_wait"):
+    for name in _OPENAI_ONLY:
         if opts.get(name):
             raise ConfigError(f"--{name.replace('_', '-')} applies to --backend openai only")
-    config = LocalConfig(
-        base=str(opts["base"]),
-        full=bool(opts["full"]),
-        epochs=int(opts["epochs"] or 3),
-        lr=opts["lr"],  # type: ignore[arg-type]
-        lora_r=int(opts["lora_r"]),  # type: ignore[arg-type]
-        lora_alpha=float(opts["lora_alpha"]),  # type: ignore[arg-type]
-        lora_dropout=float(opts["lora_dropout"]),  # type: ignore[arg-type]
-        batch_size=int(opts["batch_size"] or 8),  # type: ignore[arg-type]
-        max_length=int(opts["max_length"]),  # type: ignore[arg-type]
-        eval_fraction=float(opts["eval_fraction"]),  # type: ignore[arg-type]
-        seed=int(opts["seed"]),  # type: ignore[arg-type]
-        precision="fp32" if opts["fp32"] else str(opts["precision"]),
-        max_minutes=opts["max_minutes"],  # type: ignore[arg-type]
-        max_train_tokens=opts["max_train_tokens"],  # type: ignore[arg-type]
-        checkpoint_minutes=float(opts["checkpoint_minutes"]),  # type: ignore[arg-type]
-        gguf_type=str(opts["gguf_type"]),
-        threads=opts["threads"],  # type: ignore[arg-type]
-        restart=bool(opts["restart"]),
-    )
-    result = train_local(data, out, config, reporter=reporter)  # type: ignore[arg-type]
+    fields = {f.name for f in dataclasses.fields(LocalConfig)}
+    config = LocalConfig(**{k: v for k, v in opts.items() if k in fields and v is not None})
+    if opts["fp32"]:
+        config.precision = "fp32"
+    result = train_local(data, out, config, reporter=reporter)
     report = result.report
     training, loss = report.get("training", {}), report.get("loss", {})
     rows = [
@@ -247,38 +239,38 @@ def _finetune_local(data: Path, out: Path, opts: dict, reporter: object) -> None
         ),
         ("peak memory (MiB)", training.get("peak_rss_mib")),
     ]
-    reporter.summary(f"fine-tuning ({report.get('method')})", rows)  # type: ignore[attr-defined]
+    reporter.summary(f"fine-tuning ({report.get('method')})", rows)
     if result.status != "complete":
-        reporter.warn(  # type: ignore[attr-defined]
+        reporter.warn(
             f"stopped at --{str(result.stop_reason).replace('_', '-')}; the adapter so far is"
             " written; rerun the same command (with a larger limit) to continue"
         )
     click.echo(report["model_spec"])
 
 
-def _finetune_openai(data: Path, out: Path, opts: dict, reporter: object) -> None:
+def _finetune_openai(data: Path, out: Path, opts: dict[str, Any], reporter: Reporter) -> None:
     from selfinstruct.finetune.openai_jobs import OpenAIConfig, run_openai_finetune
 
     if opts["full"] or opts["lr"] is not None:
         raise ConfigError("--full and --lr apply to --backend local only")
     config = OpenAIConfig(
-        model=str(opts["openai_model"]),
-        epochs=opts["epochs"],  # type: ignore[arg-type]
-        batch_size=opts["batch_size"],  # type: ignore[arg-type]
-        seed=int(opts["seed"]),  # type: ignore[arg-type]
-        suffix=opts["suffix"],  # type: ignore[arg-type]
-        eval_fraction=float(opts["eval_fraction"]),  # type: ignore[arg-type]
-        poll_interval=float(opts["poll_interval"]),  # type: ignore[arg-type]
+        model=opts["openai_model"],
+        epochs=opts["epochs"],
+        batch_size=opts["batch_size"],
+        seed=opts["seed"],
+        suffix=opts["suffix"],
+        eval_fraction=opts["eval_fraction"],
+        poll_interval=opts["poll_interval"],
         wait=not opts["no_wait"],
-        restart=bool(opts["restart"]),
+        restart=opts["restart"],
     )
     result = run_openai_finetune(
         data,
         out,
         config,
-        api_key=opts["api_key"],  # type: ignore[arg-type]
-        base_url=opts["base_url"],  # type: ignore[arg-type]
-        reporter=reporter,  # type: ignore[arg-type]
+        api_key=opts["api_key"],
+        base_url=opts["base_url"],
+        reporter=reporter,
     )
     if result.fine_tuned_model:
         click.echo(result.fine_tuned_model)
@@ -421,11 +413,11 @@ def evaluate_command(
         if not files:
             raise ConfigError("--compare needs at least one predictions file")
         scores = [ev.score_file(f) for f in files]
-        _print_scores(ev, scores, table_format, ranked=True)
+        _print_scores(scores, table_format, ranked=True)
         return
     if predictions:
         scores = [ev.score_file(f) for f in predictions]
-        _print_scores(ev, scores, table_format, ranked=False)
+        _print_scores(scores, table_format, ranked=False)
         return
     if tasks is None or out is None:
         raise ConfigError("generating needs --tasks and --out (and --model, default: local)")
@@ -454,7 +446,7 @@ def evaluate_command(
         timeout=opts.timeout,
         seed=seed,
     )
-    _print_scores(ev, [result.scores], table_format, ranked=False)
+    _print_scores([result.scores], table_format, ranked=False)
     if result.engine.get("budget_stop"):
         which = result.engine["budget_stop"].replace("_", "-")
         raise BudgetExhausted(
@@ -467,10 +459,12 @@ def evaluate_command(
         )
 
 
-def _print_scores(ev: object, scores: list, table_format: str, *, ranked: bool) -> None:
-    if table_format == "json":
-        click.echo(ev.format_json(scores, ranked=ranked))  # type: ignore[attr-defined]
-    elif table_format == "markdown":
-        click.echo(ev.format_markdown(scores, ranked=ranked))  # type: ignore[attr-defined]
-    else:
-        click.echo(ev.format_table(scores, ranked=ranked))  # type: ignore[attr-defined]
+def _print_scores(scores: list, table_format: str, *, ranked: bool) -> None:
+    from selfinstruct import evaluation
+
+    formatter = {
+        "json": evaluation.format_json,
+        "markdown": evaluation.format_markdown,
+        "table": evaluation.format_table,
+    }[table_format]
+    click.echo(formatter(scores, ranked=ranked))
