@@ -21,6 +21,7 @@ from selfinstruct.judge import (
     JudgeSettings,
     agreement,
     calibrate,
+    calibration_line,
     cohen_kappa,
     judge_prompt,
     judge_run,
@@ -538,6 +539,12 @@ def test_cli_judges_and_calibrates_against_the_fault_server(tmp_path):
     with running_fault_server(seed=7, latency=0.01, rate_500=0.1) as server:
         common = ("--base-url", server.base_url, "--api-key", "k", "--quiet",
                   "--max-attempts", "10")  # fmt: skip
+        result = selfinstruct(
+            "judge", str(rf.path), "--model", "openai:judge", "--max-requests", "3", *common
+        )
+        assert result.returncode == 4, result.stderr
+        assert "stopped at the --max-requests budget" in result.stderr
+        assert 0 < len(load_ratings(rf)) <= 3
         result = selfinstruct("judge", str(rf.path), "--model", "openai:judge", *common)
         assert result.returncode == 0, result.stderr
         result = selfinstruct(
@@ -553,6 +560,11 @@ def test_cli_judges_and_calibrates_against_the_fault_server(tmp_path):
     assert run["steps"]["judge_calibration"]["counts"]["ratings_file"] == 6
     saved = json.loads(rf.calibration_report.read_text())
     assert saved["ratings"]["n"] == 6 and len(saved["paper"]["models"]) == 3
+    line = calibration_line(rf)
+    assert line.startswith("judge openai:judge?api=chat against people: ratings file n=6: exact")
+    spearman_known = saved["paper"]["spearman_mean"] is not None
+    assert ("the paper's 3 models (5 tasks each): Spearman" in line) == spearman_known
+    assert "was not calibrated" in calibration_line(tmp_path / "elsewhere")
 
 
 @pytest.mark.slow

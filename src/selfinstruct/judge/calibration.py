@@ -442,3 +442,35 @@ def calibrate(
     step.dropped = dict(tally.dropped)
     step.complete = not tally.dropped and (step.engine is None or step.engine.budget_stop is None)
     return report
+
+
+def calibration_line(run: RunFolder | str | Path) -> str:
+    """One line on the run's last calibration, for whoever filters on the ratings to print
+    first; it says so when the judge was never calibrated here."""
+    import json
+
+    run = RunFolder.of(run)
+    try:
+        saved = json.loads(run.calibration_report.read_text("utf-8"))
+    except (OSError, ValueError):
+        return (
+            f"the judge was not calibrated in {run.path}: run 'selfinstruct judge {run.path}"
+            " --calibrate' to see how far its ratings agree with people's"
+        )
+    parts = []
+    for source, name in (("reviews", "review page"), ("ratings", "ratings file")):
+        a = saved.get(source)
+        if a and a.get("n"):
+            parts.append(
+                f"{name} n={a['n']}: exact {_num(a['exact'])}, within one"
+                f" {_num(a['within_one'])}, kappa {_num(a['kappa'])}"
+            )
+    paper = saved.get("paper")
+    if paper and paper.get("spearman_mean") is not None:
+        parts.append(
+            f"the paper's {len(paper['models'])} models ({paper['tasks_per_model']} tasks"
+            f" each): Spearman"
+            f" {_num(paper['spearman_mean'])}"
+        )
+    found = "; ".join(parts) or "no example rated by both"
+    return f"judge {saved.get('model')} against people: {found}"
