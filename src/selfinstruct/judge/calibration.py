@@ -3,6 +3,7 @@ file of rated examples, and the paper's human evaluation of eight models (Figure
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -415,7 +416,9 @@ def calibrate(
     known.update({k: r for k, r in tally.records.items() if (k, True) in items})
     cached.update({k: r for k, r in tally.records.items() if (k, False) in items})
 
-    def pairs(labelled: list[_Labelled], judged: dict[str, dict[str, Any]]):  # type: ignore[no-untyped-def]
+    Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
+
+    def pairs(labelled: list[_Labelled], judged: dict[str, dict[str, Any]]) -> Pairs:
         return [(x.human, judged[x.example["key"]]) for x in labelled if x.example["key"] in judged]
 
     if plan.reviews:
@@ -447,8 +450,6 @@ def calibrate(
 def calibration_line(run: RunFolder | str | Path) -> str:
     """One line on the run's last calibration, for whoever filters on the ratings to print
     first; it says so when the judge was never calibrated here."""
-    import json
-
     run = RunFolder.of(run)
     try:
         saved = json.loads(run.calibration_report.read_text("utf-8"))
