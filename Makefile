@@ -22,7 +22,8 @@ $(VENV)/.test: $(VENV)/.core
 demo: $(VENV)/.core
 	$(VENV)/bin/selfinstruct run --out $(OUT)
 
-## test: install everything the tests need, then run them
+## test: install everything the tests need, then run them (pytest decides the exit code; a
+## last line counts the tests skipped because ../shared/data, the release's data, is absent)
 test: $(VENV)/.test
 	$(PY) -m pytest -q
 

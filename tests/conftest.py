@@ -127,8 +127,11 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return str(longrepr or "")
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """One line saying how many tests skipped because the release's data is not beside us."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line saying how many tests skipped because the release's data is not beside us,
+    after pytest's own summary (so just above its final counts)."""
+    result = yield
     skipped = terminalreporter.stats.get("skipped", [])
     missing_data = sum("shared/data" in _skip_reason(r) for r in skipped)
     if missing_data:
@@ -136,3 +139,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             f"{missing_data} skipped: the original release's data is not beside the project"
             " (../shared/data)"
         )
+    return result

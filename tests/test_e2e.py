@@ -37,6 +37,7 @@ def check_run_folder(out: Path, n: int, seed_instructions: list[str]) -> dict:
             "avg_similarity_score",
             "metadata",
             "request_idx",
+            "candidate_idx",
         }
         assert 0 <= r["avg_similarity_score"] <= 1
     texts = [r["instruction"] for r in instructions]

@@ -102,6 +102,7 @@ def check_instructions(out: Path, n: int, entries: list[dict]) -> list[str]:
             "avg_similarity_score",
             "metadata",
             "request_idx",
+            "candidate_idx",
         }
         # Kept only what the server really answered (never a fragment of a broken body).
         assert record["instruction"] in blob

@@ -271,6 +271,21 @@ def test_banned_words_ignore_case():
         assert rejection_reason(text) == "banned_word"
 
 
+def test_first_letter_checks_agree_with_either_capitalization():
+    """Our default upper-cases the first letter where the scripts title-cased it with
+    str.capitalize(): the punctuation and non-ASCII checks must not tell the two apart."""
+    from selfinstruct.filters import leading_punctuation, non_ascii_start
+    from selfinstruct.steps.parsing import capitalize_first
+
+    for code in range(0x30000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        text = chr(code) + "x words here"
+        ours, theirs = capitalize_first(text), text.capitalize()
+        assert leading_punctuation(ours) == leading_punctuation(theirs), hex(code)
+        assert non_ascii_start(ours) == non_ascii_start(theirs), hex(code)
+
+
 # --- step 1: the "9." a chat model repeats -----------------------------------------------------
 
 
@@ -345,13 +360,17 @@ def test_local_model_seeds_differ_by_call_and_prompt_and_follow_the_base_seed():
         sampling = Sampling(max_tokens=1, temperature=0.7)
         for prompt in ["A first prompt", "A second prompt", "A first prompt"]:
             model.complete_sync([prompt], sampling)
-        model.complete_sync(["A first prompt"], Sampling(max_tokens=1, seed=99))
+        # A request's own seed replaces the base seed, and is varied per call the same way.
+        explicit = Sampling(max_tokens=1, temperature=0.7, seed=99)
+        model.complete_sync(["A first prompt"], explicit)
+        model.complete_sync(["A first prompt"], explicit)
         return used
 
     used = seeds(3)
-    assert len(set(used[:3])) == 3 and used[3] == 99  # an explicit seed is used as given
+    assert len(set(used)) == len(used) == 5
     assert seeds(3) == used
-    assert seeds(4)[:3] != used[:3]
+    other = seeds(4)
+    assert other[:3] != used[:3] and other[3:] == used[3:]
 
 
 # --- evaluate --format json --------------------------------------------------------------------

@@ -482,6 +482,25 @@ def test_calibration_against_reviews_a_ratings_file_and_the_paper(tmp_path, scri
     assert len(runner.prompts) == 3
 
 
+def test_calibration_reads_what_the_review_page_saved(tmp_path, scripted):
+    from selfinstruct.review import ReviewSession
+
+    rf = make_run(tmp_path, 12)
+    session = ReviewSession(rf, sample=4, seed=1)
+    try:
+        for row in session.rows:  # the person agrees with by_number on output_correct only
+            session.update({"key": row.key, "rating": "A", "output_correct": True})
+    finally:
+        session.close()
+    model = scripted(by_number)
+    report = calibrate(context(model), rf, CalibrationSettings(use_predictions=False))
+    judged = sorted(task_number(p) for p in model.prompts)
+    assert judged == sorted(task_number(row.instruction) for row in session.rows)
+    expected_exact = sum(n % 4 == 0 for n in judged) / 4
+    assert (report.reviews.n, report.reviews.exact) == (4, expected_exact)
+    assert report.reviews.questions["output_correct"].agreement == 1.0
+
+
 def test_nothing_to_calibrate_against_says_what_to_provide(tmp_path):
     rf = RunFolder(tmp_path / "run")
     settings = CalibrationSettings(predictions_dir=None, use_predictions=False)

@@ -47,6 +47,7 @@ SERVER = {
     "rate_empty_choices": 0.02,
 }
 FIELDS = {"instruction", "most_similar", "avg_similarity_score", "metadata", "request_idx"}
+FIELDS |= {"candidate_idx"}  # the order of step 1's decisions, shared with rejected records
 
 
 def command(out: Path, base_url: str) -> list[str]:

@@ -136,6 +136,7 @@ def test_step1_keeps_nothing_above_threshold_and_stores_the_original_fields(tmp_
         "avg_similarity_score",
         "metadata",
         "request_idx",
+        "candidate_idx",
     }
     assert len(first["most_similar"]) == 10
     scores = list(first["most_similar"].values())

@@ -227,7 +227,7 @@ class Pipeline:
         if report.engine is not None and report.engine.budget_stop:
             which = report.engine.budget_stop.replace("_", "-")
             raise BudgetExhausted(
-                f"stopped at the {which} budget; the folder is consistent: rerun with a larger"
+                f"stopped at the --{which} budget; the folder is consistent: rerun with a larger"
                 " budget to continue"
             )
         if not report.complete:

@@ -56,24 +56,73 @@ class MachineInstruction:
     avg_similarity_score: float
     metadata: dict[str, Any]
     request_idx: int
+    # Our addition (readers of the release's format ignore it): the run-wide order in which
+    # step 1 decided on its candidates, kept and rejected alike (see RejectedInstruction).
+    candidate_idx: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "instruction": self.instruction,
             "most_similar": self.most_similar,
             "avg_similarity_score": self.avg_similarity_score,
             "metadata": self.metadata,
             "request_idx": self.request_idx,
         }
+        if self.candidate_idx is not None:
+            out["candidate_idx"] = self.candidate_idx
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MachineInstruction:
+        idx = d.get("candidate_idx")
         return cls(
             instruction=d["instruction"],
             most_similar=dict(d.get("most_similar") or {}),
             avg_similarity_score=float(d.get("avg_similarity_score", 0.0)),
             metadata=dict(d.get("metadata") or {}),
             request_idx=int(d.get("request_idx", 0)),
+            candidate_idx=None if idx is None else int(idx),
+        )
+
+
+@dataclass
+class RejectedInstruction:
+    """A line of `rejected_instructions.jsonl`: a step-1 candidate that was not kept.
+
+    `instruction` is the candidate as the filters saw it (None where an answer or a request
+    gave no candidate at all: `empty_answer`, `request_failed_*`, an empty cut answer).
+    `most_similar` and `rouge_l` are the pool's closest instruction and its ROUGE-L F1, set for
+    `too_similar` only (other reasons are decided on the text alone). `candidate_idx` orders
+    kept and rejected candidates together, run-wide.
+    """
+
+    instruction: str | None
+    reason: str
+    request_idx: int
+    candidate_idx: int
+    most_similar: str | None = None
+    rouge_l: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instruction": self.instruction,
+            "reason": self.reason,
+            "most_similar": self.most_similar,
+            "rouge_l": self.rouge_l,
+            "request_idx": self.request_idx,
+            "candidate_idx": self.candidate_idx,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RejectedInstruction:
+        score = d.get("rouge_l")
+        return cls(
+            instruction=d.get("instruction"),
+            reason=str(d.get("reason", "")),
+            request_idx=int(d.get("request_idx", -1)),
+            candidate_idx=int(d.get("candidate_idx", -1)),
+            most_similar=d.get("most_similar"),
+            rouge_l=None if score is None else float(score),
         )
 
 

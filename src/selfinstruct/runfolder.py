@@ -188,6 +188,35 @@ class RunFolder:
                 break
         return records
 
+    def read_rejected(self, *, warn: Warn = _ignore) -> list[dict[str, Any]]:
+        """Step 1's rejected candidates in file order; empty when there is no such file (the
+        original release's folders)."""
+        return list(iter_jsonl(self.rejected, warn=warn))
+
+    def read_decisions(self, *, warn: Warn = _ignore) -> list[dict[str, Any]]:
+        """Step 1's candidates, kept and rejected, in the order they were decided, each with
+        ``"kept": True`` or ``False`` added. Kept records without a ``candidate_idx`` (the
+        original release's) come first, in file order; the others follow by ``candidate_idx``."""
+        if not self.instructions.exists():
+            raise DataFileError(f"{self.instructions}: no such file (run the previous step first)")
+
+        def idx(record: dict[str, Any]) -> int | None:
+            value = record.get("candidate_idx")
+            return int(value) if isinstance(value, int | float) else None
+
+        first: list[dict[str, Any]] = []
+        numbered: list[tuple[int, dict[str, Any]]] = []
+        for record in iter_jsonl(self.instructions, warn=warn):
+            k = idx(record)
+            if k is None:
+                first.append({**record, "kept": True})
+            else:
+                numbered.append((k, {**record, "kept": True}))
+        for record in self.read_rejected(warn=warn):
+            numbered.append((idx(record) or 0, {**record, "kept": False}))
+        numbered.sort(key=lambda pair: pair[0])
+        return first + [record for _, record in numbered]
+
     def read_answers(self, path: Path | None = None, *, warn: Warn = _ignore) -> dict[str, str]:
         """Step 2's raw answers by instruction (the last one wins)."""
         path = path or self.find_classification_file()

@@ -179,7 +179,7 @@ def _judge(folder, opts: ModelOptions, seed: int, settings) -> None:
         report = judge_run(ctx, folder, settings)
         _record(folder, report, opts, seed, dataclasses.asdict(settings), ctx)
     reporter.summary("Judge: ratings", report.rows())
-    reviews = load_reviews(folder, reporter.warn) if folder.reviews.exists() else {}
+    reviews = load_reviews(folder, warn=reporter.warn) if folder.reviews.exists() else {}
     if reviews:
         judged = load_judgments(folder, model=model_id(ctx.model))
         both = agreement((r, judged[k]) for k, r in reviews.items() if k in judged)

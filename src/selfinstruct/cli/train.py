@@ -371,6 +371,13 @@ Examples:
     " document, a list with one object per file (even for one file) with file, n, rouge_l and"
     " exact_match (fractions 0..1) and mean_length (words), at full precision.",
 )
+@click.option(
+    "--training-data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Warn when the tasks overlap this training file (13-gram or ROUGE-L > 0.7)  [default:"
+    " the data a 'local?lora=DIR' model was fine-tuned on, per DIR/finetune.json]",
+)
 @model_options
 def evaluate_command(
     files: tuple[Path, ...],
@@ -385,6 +392,7 @@ def evaluate_command(
     limit: int | None,
     seed: int,
     table_format: str,
+    training_data: Path | None,
     **kwargs: Any,
 ) -> None:
     """Answer a task file with a model and score it (ROUGE-L F1, exact match, length), score
@@ -421,9 +429,15 @@ def evaluate_command(
         return
     if tasks is None or out is None:
         raise ConfigError("generating needs --tasks and --out (and --model, default: local)")
+    from selfinstruct.decontaminate import overlap_warning, training_data_of
     from selfinstruct.models.base import Sampling
 
     opts.parsed_price()  # a malformed --price stops before any model call
+    training_data = training_data or training_data_of(opts.model_spec)
+    if training_data is not None:
+        warning = overlap_warning(tasks, training_data)
+        if warning is not None:  # one line, unwrapped
+            click.echo(f"warning: {warning}", err=True)
     result = ev.evaluate(
         opts.model_spec,
         tasks,
@@ -444,7 +458,7 @@ def evaluate_command(
     if result.engine.get("budget_stop"):
         which = result.engine["budget_stop"].replace("_", "-")
         raise BudgetExhausted(
-            f"stopped at the {which} budget; {out} keeps every answer: rerun to continue"
+            f"stopped at the --{which} budget; {out} keeps every answer: rerun to continue"
         )
     if result.failed:
         raise SelfInstructError(

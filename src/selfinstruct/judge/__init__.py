@@ -29,7 +29,6 @@ from selfinstruct.judge.calibration import (
     calibrate,
     calibration_line,
     default_predictions_dir,
-    load_reviews,
     plan_calibration,
 )
 from selfinstruct.judge.rate import (
@@ -49,6 +48,7 @@ from selfinstruct.judge.verdict import (
     meets,
     parse_verdict,
 )
+from selfinstruct.review import load_reviews  # the review page's reader
 
 __all__ = [
     "PAPER_FIGURE6",

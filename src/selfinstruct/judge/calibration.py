@@ -24,6 +24,7 @@ from selfinstruct.judge.rate import (
     read_examples,
 )
 from selfinstruct.judge.verdict import QUESTIONS, RATING_ORDER, RATING_SCORE, normalize_rating
+from selfinstruct.review import load_reviews
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
 
@@ -106,15 +107,6 @@ class CalibrationPlan:
         return not (self.reviews or self.ratings or self.predictions)
 
 
-def load_reviews(run: RunFolder, warn: Warn | None = None) -> dict[str, dict[str, Any]]:
-    """key -> a person's last review line of it (the last line per key wins, even a cleared one)."""
-    found: dict[str, dict[str, Any]] = {}
-    for record in iter_jsonl(run.reviews, warn=warn):
-        if isinstance(record.get("key"), str):
-            found[record["key"]] = record
-    return found
-
-
 def read_rated_file(path: Path) -> list[_Labelled]:
     """A JSONL of examples people rated: instruction, input, output, rating (A-D), and
     optionally valid_instruction, input_fits, output_correct."""
@@ -171,7 +163,7 @@ def plan_calibration(
     """Gather everything to compare the judge with; ConfigError when there is nothing."""
     plan = CalibrationPlan()
     if settings.use_reviews and run.reviews.exists():
-        reviews = load_reviews(run, warn)
+        reviews = load_reviews(run, warn=warn)
         examples: dict[str, dict[str, str]] = {}
         if run.all_instances.exists():
             examples = {e["key"]: e for e in read_examples(run, warn)}

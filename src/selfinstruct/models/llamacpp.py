@@ -137,7 +137,7 @@ class LlamaCppModel(Model):
             "frequency_penalty": sampling.frequency_penalty,
             "presence_penalty": sampling.presence_penalty,
             "stop": list(sampling.stop) or None,
-            "seed": sampling.seed if sampling.seed is not None else self._next_seed(prompt),
+            "seed": self._next_seed(prompt, sampling.seed),
         }
         try:
             if self.api == "chat":
@@ -161,8 +161,9 @@ class LlamaCppModel(Model):
             completion_tokens=int(usage.get("completion_tokens", 0)),
         )
 
-    def _next_seed(self, prompt: str) -> int:
-        """A seed of its own for each call, from the base seed, the call's number and the prompt.
+    def _next_seed(self, prompt: str, base: int | None = None) -> int:
+        """A seed of its own for each call, from a base seed (the request's `Sampling.seed`, else
+        the model's `--seed`), the call's number and the prompt.
 
         One fixed seed for every call would restart the same random stream each time, so that
         answers to similar prompts (or a prompt asked again) would be drawn alike. Calls are
@@ -170,9 +171,9 @@ class LlamaCppModel(Model):
         base seed, prompts and order draws the same answers again.
         """
         self._calls += 1
-        digest = hashlib.blake2b(
-            f"{self._seed}:{self._calls}:{prompt}".encode(), digest_size=4
-        ).digest()
+        base = self._seed if base is None else base
+        key = f"{base}:{self._calls}:{prompt}".encode()
+        digest = hashlib.blake2b(key, digest_size=4).digest()
         # Below 2**31: llama.cpp reads 0xFFFFFFFF as "pick a random seed".
         return int.from_bytes(digest, "big") & 0x7FFFFFFF
 

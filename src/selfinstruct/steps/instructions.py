@@ -6,6 +6,12 @@ on. Every candidate in an answer passes the filters, then must have ROUGE-L F1 a
 every instruction already in the pool (seed and machine) at the moment it is accepted; the
 accepted one joins the pool at once, so two kept instructions never exceed the threshold, at any
 concurrency.
+
+Every candidate that is not kept goes to the run folder's rejected file with its reason (the
+filter's name, `too_similar` with the pool's closest instruction and its ROUGE-L F1, `surplus`,
+`cut_by_length`, ...), one line per drop counted in the report. Kept and rejected records share
+a run-wide `candidate_idx`, the order in which the candidates were decided, so that the run's
+filtering can be replayed (`selfinstruct sweep`).
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ import numpy as np
 from selfinstruct.engine import WAIT, Engine, Request, RequestFailed
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
-from selfinstruct.io import JsonlAppender, read_jsonl
+from selfinstruct.io import JsonlAppender, iter_jsonl, read_jsonl
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.prompts import bootstrap_prompt
-from selfinstruct.records import MachineInstruction, SeedTask
+from selfinstruct.records import MachineInstruction, RejectedInstruction, SeedTask
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.similarity import RougeLIndex
 from selfinstruct.steps import StepContext, StepReport, response_metadata
@@ -62,7 +68,8 @@ def generate_instructions(
     settings: InstructionSettings | None = None,
 ) -> StepReport:
     s = settings or InstructionSettings()
-    out_path = RunFolder.of(run).instructions
+    folder = RunFolder.of(run)
+    out_path = folder.instructions
     report = StepReport("instructions", outputs=[str(out_path)])
     if s.classification_only:
         seeds = [t for t in seeds if t.is_classification]
@@ -78,11 +85,17 @@ def generate_instructions(
     existing = read_jsonl(out_path, repair=True, warn=ctx.reporter.warn)
     machine: list[str] = []
     request_idx = 0
+    next_candidate = 0  # the run-wide candidate_idx of the next decision
     for number, record in enumerate(existing, start=1):
         if not isinstance(record.get("instruction"), str):
             raise DataFileError(f"{out_path}:{number}: missing field 'instruction'")
         machine.append(record["instruction"])
-        request_idx = max(request_idx, int(record.get("request_idx", -1)) + 1)
+        request_idx = max(request_idx, _index(record, "request_idx") + 1)
+        next_candidate = max(next_candidate, _index(record, "candidate_idx") + 1)
+    # A rerun goes on numbering after the rejected candidates (and their requests) too.
+    for record in iter_jsonl(folder.rejected, repair=True, warn=ctx.reporter.warn):
+        request_idx = max(request_idx, _index(record, "request_idx") + 1)
+        next_candidate = max(next_candidate, _index(record, "candidate_idx") + 1)
     resumed = len(machine)
 
     index = RougeLIndex(seed_instructions + machine)
@@ -91,7 +104,8 @@ def generate_instructions(
     dropped: Counter[str] = Counter()
     in_flight_prompts = 0
     stalled = 0
-    accepted: list[tuple[str, int, dict, int]] = []
+    accepted: list[tuple[str, int, dict, int, int]] = []
+    rejected: list[RejectedInstruction] = []  # decided, not yet written
     per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
 
     def make_prompt() -> str:
@@ -114,25 +128,54 @@ def generate_instructions(
         request_idx += 1
         return request
 
+    def reject(
+        text: str | None,
+        reason: str,
+        request_key: int,
+        match: tuple[int, float] | None = None,
+    ) -> None:
+        nonlocal next_candidate
+        dropped[reason] += 1
+        rejected.append(
+            RejectedInstruction(
+                instruction=text,
+                reason=reason,
+                request_idx=request_key,
+                candidate_idx=next_candidate,
+                most_similar=None if match is None else index.text(match[0]),
+                rouge_l=None if match is None else match[1],
+            )
+        )
+        next_candidate += 1
+
     with (
         JsonlAppender(out_path, warn=ctx.reporter.warn) as out,
+        JsonlAppender(folder.rejected, warn=ctx.reporter.warn) as out_rejected,
         ctx.reporter.bar("instructions", s.num_instructions, completed=resumed) as bar,
     ):
 
+        def flush_rejected() -> None:
+            for record in rejected:
+                out_rejected.write(record.to_dict())
+            rejected.clear()
+
         def on_result(request: Request, completions: list[Completion]) -> None:
-            nonlocal in_flight_prompts, stalled
+            nonlocal in_flight_prompts, stalled, next_candidate
             in_flight_prompts -= len(request.prompts)
             pool_before = len(machine)
+            key = request.key
             for prompt, completion in zip(request.prompts, completions, strict=True):
                 candidates = split_numbered_list(
                     completion.text, first_number=s.num_prompt_instructions + 1
                 )
                 if completion.finish_reason == "length":
                     # The paper drops the whole answer: its last item is cut, the rest suspect.
-                    dropped["cut_by_length"] += len(candidates) or 1
+                    for raw in candidates or [None]:
+                        text = None if raw is None else _normalise(raw, s)
+                        reject(text, "cut_by_length", key)
                     continue
                 if not candidates:
-                    dropped["empty_answer"] += 1
+                    reject(None, "empty_answer", key)
                 usage = {
                     "prompt_tokens": completion.prompt_tokens,
                     "completion_tokens": completion.completion_tokens,
@@ -141,23 +184,30 @@ def generate_instructions(
                     ctx.model, prompt, completion.text, completion.finish_reason, usage
                 )
                 for raw in candidates:
+                    candidate = _normalise(raw, s)
                     if len(machine) >= s.num_instructions:
-                        dropped["surplus"] += 1
+                        reject(candidate, "surplus", key)
                         continue
-                    candidate = capitalize_first(raw, lowercase_rest=s.lowercase_rest)
                     reason = rejection_reason(candidate)
-                    if reason is None and index.exceeds(candidate, s.similarity_threshold):
-                        reason = "too_similar"
                     if reason is not None:
-                        dropped[reason] += 1
+                        reject(candidate, reason, key)
+                        continue
+                    # The best match costs about what the plain threshold test costs.
+                    match = index.best_above(candidate, s.similarity_threshold)
+                    if match is not None:
+                        reject(candidate, "too_similar", key, match)
                         continue
                     position = index.add(candidate)
-                    accepted.append((candidate, position, metadata, request.key))
+                    accepted.append((candidate, position, metadata, key, next_candidate))
+                    next_candidate += 1
                     machine.append(candidate)
             # Written before this handler returns, so before any other answer is looked at;
             # scored together, because one batched call costs far less than one per record.
+            # Kept records first: a crash in between loses rejection records only, never a
+            # kept instruction that a written rejection was compared with.
             for record in _records(index, accepted):
                 out.write(record.to_dict())
+            flush_rejected()
             bar.advance(len(accepted))
             accepted.clear()
             stalled = 0 if len(machine) > pool_before else stalled + 1
@@ -166,7 +216,9 @@ def generate_instructions(
         def on_failure(request: Request, failure: RequestFailed) -> None:
             nonlocal in_flight_prompts
             in_flight_prompts -= len(request.prompts)
-            dropped[f"request_failed_{failure.reason}"] += len(request.prompts)
+            for _ in request.prompts:
+                reject(None, f"request_failed_{failure.reason}", request.key)
+            flush_rejected()
 
         engine = Engine(ctx.model, ctx.engine, usage=report.usage, jitter_seed=s.seed)
         report.engine = engine.stats
@@ -189,8 +241,19 @@ def generate_instructions(
     return report
 
 
+def _index(record: dict, key: str) -> int:
+    """An integer index field of a stored record, -1 when absent (e.g. the release's files)."""
+    value = record.get(key)
+    return int(value) if isinstance(value, int | float) else -1
+
+
+def _normalise(raw: str, s: InstructionSettings) -> str:
+    """A parsed item as the filters see it."""
+    return capitalize_first(raw, lowercase_rest=s.lowercase_rest)
+
+
 def _records(
-    index: RougeLIndex, accepted: list[tuple[str, int, dict, int]]
+    index: RougeLIndex, accepted: list[tuple[str, int, dict, int, int]]
 ) -> list[MachineInstruction]:
     """The records of instructions just added to the index, each scored against the pool as it
     was when that instruction was accepted (every position before its own)."""
@@ -198,7 +261,9 @@ def _records(
         return []
     rows = np.asarray(index.scores_many([a[0] for a in accepted]), dtype=float)
     records = []
-    for row, (candidate, position, metadata, request_idx) in zip(rows, accepted, strict=True):
+    for row, (candidate, position, metadata, request_idx, candidate_idx) in zip(
+        rows, accepted, strict=True
+    ):
         scores = row[:position]
         # The 10 most similar, best first; ties go to the earlier instruction, as top_k does.
         order = _top_positions(scores, 10)
@@ -209,6 +274,7 @@ def _records(
                 avg_similarity_score=float(scores.mean()) if len(scores) else 0.0,
                 metadata=metadata,
                 request_idx=request_idx,
+                candidate_idx=candidate_idx,
             )
         )
     return records

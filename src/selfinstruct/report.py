@@ -1,0 +1,1132 @@
+"""A run's report: one self-contained HTML page, its figures as PNG and SVG, and the numbers.
+
+``build_report(run)`` reads a run folder (ours or the original release's) and writes into
+``RUN/report/``:
+
+* ``report.html``: opens offline (figures embedded as PNG, inline CSS, no script);
+* ``<figure>.png`` and ``<figure>.svg`` for each figure;
+* ``stats.json``: every number the page shows;
+* ``verb_noun_cache.json``: the verb/object parse of each instruction, reused by the next report.
+
+What it shows: counts and drops per step (from ``run.json`` and from the files), the paper's
+Table 1 statistics, Figure 2 (root verbs and their direct noun objects), Figure 3 (ROUGE-L of
+each instruction to the seed tasks and to the pool), Figure 4 (lengths of instructions, inputs
+and outputs), the share of classification tasks, a seeded sample of examples, ratings by an LLM
+judge and by a person where they exist, and the reasons step 1 rejected candidates for.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import random
+import textwrap
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selfinstruct.errors import ConfigError, DataFileError, SeedFileError
+from selfinstruct.io import iter_jsonl, write_atomic
+from selfinstruct.records import example_key
+from selfinstruct.runfolder import RunFolder
+from selfinstruct.verbs import Pair, verb_noun_pairs
+
+Progress = Callable[[str], None]
+
+HTML_FILE = "report.html"
+STATS_FILE = "stats.json"
+PARSE_CACHE_FILE = "verb_noun_cache.json"
+
+RATINGS = ("A", "B", "C", "D")
+RATING_MEANING = {
+    "A": "valid and satisfying",
+    "B": "acceptable, minor imperfections",
+    "C": "responds, significant errors",
+    "D": "irrelevant or invalid",
+}
+QUESTIONS = {
+    "valid_instruction": "Does the instruction describe a valid task?",
+    "input_fits": "Is the input appropriate for the instruction?",
+    "output_correct": "Is the output a correct and acceptable response?",
+}
+TOP_VERBS = 20
+TOP_NOUNS = 4
+DEFAULT_THRESHOLD = 0.7
+_SEED_OPTIONS = ("--seed-tasks", "--seed-tasks-path", "--seed_tasks_path")
+
+
+@dataclass
+class ReportResult:
+    """What `build_report` wrote and computed."""
+
+    out_dir: Path
+    html: Path
+    stats_file: Path
+    figures: dict[str, tuple[Path, Path]]  # name -> (png, svg)
+    stats: dict[str, Any]
+    parse_method: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file written, the page first."""
+        out = [self.html, self.stats_file]
+        for png, svg in self.figures.values():
+            out += [png, svg]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the run folder
+
+
+@dataclass
+class _Run:
+    rf: RunFolder
+    run_json: dict[str, Any] | None
+    instructions: list[dict[str, Any]] | None  # step 1 records
+    labels: dict[str, bool] | None
+    labels_file: Path | None
+    instance_tasks: int | None  # step 3: distinct instructions with an answer
+    examples: list[dict[str, Any]] | None  # step 4
+    rejected: list[dict[str, Any]] | None
+    judgments: dict[str, dict[str, Any]] | None  # last record per key
+    reviews: dict[str, dict[str, Any]] | None
+
+
+def _step_files(rf: RunFolder) -> list[Path]:
+    files = [rf.instructions, rf.instances, rf.all_instances, *rf.classification_files()]
+    return [p for p in files if p.exists()]
+
+
+def _check_not_empty(path: Path, records: Iterable[Any]) -> None:
+    if not any(True for _ in records):
+        raise DataFileError(f"{path}: empty file (no records); rerun the step that writes it")
+
+
+def _read_run_json(rf: RunFolder) -> dict[str, Any] | None:
+    if not rf.run_file.exists():
+        return None
+    try:
+        data = json.loads(rf.run_file.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataFileError(f"{rf.run_file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DataFileError(f"{rf.run_file}: expected a JSON object")
+    return data
+
+
+def _choose_labels_file(rf: RunFolder, run_json: dict[str, Any] | None) -> Path | None:
+    found = rf.classification_files()
+    if not found:
+        return None
+    if len(found) == 1:
+        return found[0]
+    name = ((run_json or {}).get("model") or {}).get("name")
+    if isinstance(name, str) and rf.classification_file_for(name).exists():
+        return rf.classification_file_for(name)
+    return max(found, key=lambda p: p.stat().st_mtime)  # the newest
+
+
+def _last_per_key(path: Path, warn: Progress) -> dict[str, dict[str, Any]]:
+    """Rating records by example key, the last line of each key winning."""
+    out: dict[str, dict[str, Any]] = {}
+    skipped = 0
+    for record in iter_jsonl(path, warn=warn):
+        key = record.get("key")
+        if not isinstance(key, str) or not key:
+            skipped += 1
+            continue
+        out.pop(key, None)  # keep the order of the last rating
+        out[key] = record
+    if skipped:
+        warn(f"{path}: {skipped} line(s) without a 'key' ignored")
+    return out
+
+
+def _read_run(rf: RunFolder, warn: Progress) -> _Run:
+    if not rf.path.exists():
+        raise ConfigError(f"{rf.path}: no such run folder")
+    if not rf.path.is_dir():
+        raise ConfigError(f"{rf.path}: not a folder (give the run folder, e.g. runs/demo)")
+    if not _step_files(rf):
+        raise DataFileError(
+            f"{rf.path}: no step files ({rf.instructions.name}, {rf.all_instances.parent.name}/"
+            f"{rf.all_instances.name}, ...); run 'selfinstruct run --out {rf.path}' first"
+        )
+    run_json = _read_run_json(rf)
+
+    instructions = None
+    if rf.instructions.exists():
+        instructions = rf.read_instructions(warn=warn)
+        _check_not_empty(rf.instructions, instructions)
+
+    labels_file = _choose_labels_file(rf, run_json)
+    labels = None
+    if labels_file is not None:
+        labels = rf.read_labels([labels_file], warn=warn)
+        _check_not_empty(labels_file, labels)
+
+    instance_tasks = None
+    if rf.instances.exists():
+        seen = {
+            r["instruction"]
+            for r in iter_jsonl(rf.instances, warn=warn)
+            if isinstance(r.get("instruction"), str)
+        }
+        _check_not_empty(rf.instances, seen)
+        instance_tasks = len(seen)
+
+    examples = None
+    if rf.all_instances.exists():
+        examples = []
+        for number, r in enumerate(rf.read_examples(warn=warn), start=1):
+            if not isinstance(r.get("instruction"), str):
+                raise DataFileError(f"{rf.all_instances}:{number}: missing field 'instruction'")
+            examples.append(r)
+        _check_not_empty(rf.all_instances, examples)
+
+    rejected = list(iter_jsonl(rf.rejected, warn=warn)) if rf.rejected.exists() else None
+    judgments = _last_per_key(rf.judgments, warn) if rf.judgments.exists() else None
+    reviews = _last_per_key(rf.reviews, warn) if rf.reviews.exists() else None
+    return _Run(
+        rf,
+        run_json,
+        instructions,
+        labels,
+        labels_file,
+        instance_tasks,
+        examples,
+        rejected,
+        judgments,
+        reviews,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The numbers
+
+
+def _words(text: Any) -> int:
+    return len(str(text or "").split())
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _instruction_texts(run: _Run) -> list[str]:
+    """The run's instructions: step 1's, else step 4's distinct ones, else step 2's."""
+    if run.instructions is not None:
+        return [r["instruction"] for r in run.instructions]
+    if run.examples is not None:
+        return list(dict.fromkeys(str(r["instruction"]) for r in run.examples))
+    return list(run.labels or {})
+
+
+def _file_counts(run: _Run) -> dict[str, Any]:
+    counts: dict[str, Any] = {}
+    rf = run.rf
+    if run.instructions is not None:
+        counts[rf.instructions.name] = {"instructions": len(run.instructions)}
+    if run.rejected is not None:
+        counts[rf.rejected.name] = {"rejected_candidates": len(run.rejected)}
+    if run.labels is not None and run.labels_file is not None:
+        yes = sum(run.labels.values())
+        counts[run.labels_file.name] = {
+            "labelled": len(run.labels),
+            "classification": yes,
+            "not_classification": len(run.labels) - yes,
+        }
+    if run.instance_tasks is not None:
+        counts[rf.instances.name] = {"tasks_with_instances": run.instance_tasks}
+    if run.examples is not None:
+        empty = sum(1 for r in run.examples if not str(r.get("input") or "").strip())
+        counts[f"{rf.finetuning_dir.name}/{rf.all_instances.name}"] = {
+            "examples": len(run.examples),
+            "distinct_instructions": len({r["instruction"] for r in run.examples}),
+            "with_empty_input": empty,
+        }
+    for name, data in (("judgments", run.judgments), ("reviews", run.reviews)):
+        if data is not None:
+            counts[getattr(rf, name).name] = {"rated_examples": len(data)}
+    return counts
+
+
+def _run_json_steps(run_json: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not run_json or not isinstance(run_json.get("steps"), dict):
+        return None
+    steps = {}
+    for name, step in run_json["steps"].items():
+        if not isinstance(step, dict):
+            continue
+        steps[name] = {
+            "counts": _numbers(step.get("counts")),
+            "dropped": _numbers(step.get("dropped")),
+            "usage": _numbers(step.get("usage")),
+            "complete": step.get("complete"),
+            "invocations": step.get("invocations"),
+        }
+    return steps
+
+
+def _numbers(d: Any) -> dict[str, float | int]:
+    if not isinstance(d, dict):
+        return {}
+    return {str(k): v for k, v in d.items() if isinstance(v, int | float) and v is not True}
+
+
+def _table1(run: _Run, texts: list[str]) -> dict[str, Any]:
+    """The paper's Table 1: instructions, classification share, instances, average lengths."""
+    t: dict[str, Any] = {"instructions": len(texts)}
+    if run.labels is not None:
+        known = [run.labels[x] for x in texts if x in run.labels]
+        t["labelled_instructions"] = len(known)
+        t["classification_instructions"] = sum(known)
+        t["non_classification_instructions"] = len(known) - sum(known)
+        t["classification_share"] = _share(sum(known), len(known))
+    if texts:
+        t["avg_instruction_words"] = float(np.mean([_words(x) for x in texts]))
+    if run.examples is not None:
+        inputs = [str(r.get("input") or "") for r in run.examples]
+        non_empty = [x for x in inputs if x.strip()]
+        t["instances"] = len(run.examples)
+        t["instances_with_empty_input"] = len(inputs) - len(non_empty)
+        if non_empty:
+            t["avg_nonempty_input_words"] = float(np.mean([_words(x) for x in non_empty]))
+        t["avg_output_words"] = float(np.mean([_words(r.get("output")) for r in run.examples]))
+    return t
+
+
+def _verb_stats(
+    texts: list[str], pairs: dict[str, Pair | None], method: str
+) -> tuple[dict[str, Any], list[tuple[str, int, list[tuple[str, int]]]]]:
+    found = [pairs[t] for t in texts if pairs.get(t)]
+    verbs = Counter(v for v, _ in found)
+    nouns: dict[str, Counter[str]] = {}
+    for v, n in found:
+        nouns.setdefault(v, Counter())[n] += 1
+    top = [(v, c, nouns[v].most_common(TOP_NOUNS)) for v, c in verbs.most_common(TOP_VERBS)]
+    stats = {
+        "method": method,
+        "instructions": len(texts),
+        "with_verb_noun": len(found),
+        "share": _share(len(found), len(texts)),
+        "distinct_verbs": len(verbs),
+        "distinct_pairs": len(set(found)),
+        "top": [
+            {"verb": v, "count": c, "objects": [{"noun": n, "count": k} for n, k in objs]}
+            for v, c, objs in top
+        ],
+    }
+    return stats, top
+
+
+def _seed_instructions(
+    run_json: dict[str, Any] | None, seed_tasks: str | Path | None
+) -> tuple[list[str], str]:
+    """The seed instructions Figure 3 compares with, and where they came from."""
+    from selfinstruct import seeds
+
+    path: Path | None = Path(seed_tasks) if seed_tasks is not None else None
+    source = "given"
+    if path is None and run_json:
+        argv = run_json.get("argv") or []
+        for i, arg in enumerate(argv):
+            if not isinstance(arg, str):
+                continue
+            if arg in _SEED_OPTIONS and i + 1 < len(argv):
+                path = Path(str(argv[i + 1]))
+            elif arg.split("=", 1)[0] in _SEED_OPTIONS and "=" in arg:
+                path = Path(arg.split("=", 1)[1])
+        source = "from run.json's command line"
+        if path is not None and not path.exists():
+            path = None
+    if path is None:
+        return [t.instruction for t in seeds.default()], "the built-in 175 seed tasks"
+    try:
+        tasks = seeds.load_seed_tasks(path)
+    except SeedFileError as e:
+        raise ConfigError(f"seed tasks: {e}") from None
+    return [t.instruction for t in tasks], f"{path} ({source})"
+
+
+def _max_to(index_texts: list[str], queries: list[str], chunk: int = 2048) -> np.ndarray:
+    """Each query's highest ROUGE-L F1 to any of ``index_texts``."""
+    from selfinstruct.similarity import RougeLIndex
+
+    index = RougeLIndex(index_texts)
+    out = np.zeros(len(queries), dtype=np.float64)
+    if not index_texts:
+        return out
+    for start in range(0, len(queries), chunk):
+        part = queries[start : start + chunk]
+        out[start : start + len(part)] = index.scores_many(part).max(axis=1)
+    return out
+
+
+def _pool_scores(
+    texts: list[str],
+    records: list[dict[str, Any]] | None,
+    seeds: list[str],
+    progress: Progress,
+    *,
+    limit: int,
+    seed: int,
+) -> tuple[np.ndarray, int, int]:
+    """Each instruction's highest ROUGE-L to the seeds and the instructions before it, as step 1
+    saw it: the best of its stored ``most_similar``, computed where that field is missing.
+
+    Computing costs time in the square of the pool, so where more than ``limit`` instructions
+    lack the field, a seeded random sample of ``limit`` of them is computed and the others are
+    NaN. Returns the scores, how many lack the field and how many of those were computed.
+    """
+    from selfinstruct.similarity import RougeLIndex
+
+    scores = np.zeros(len(texts), dtype=np.float64)
+    missing: list[int] = []
+    for i in range(len(texts)):
+        stored = (records[i].get("most_similar") if records is not None else None) or {}
+        values = [v for v in stored.values() if isinstance(v, int | float)]
+        if values:
+            scores[i] = max(values)
+        else:
+            missing.append(i)
+    if not missing:
+        return scores, 0, 0
+    chosen = set(missing)
+    if len(missing) > limit:
+        chosen = set(random.Random(f"pool:{seed}").sample(missing, limit))
+        scores[[i for i in missing if i not in chosen]] = np.nan
+    progress(f"computing ROUGE-L to the pool for {len(chosen):,} instructions")
+    last = max(chosen) if chosen else -1
+    index = RougeLIndex(seeds)
+    for i, text in enumerate(texts[: last + 1]):
+        if i in chosen:
+            scores[i] = index.max_score(text) if len(index) else 0.0
+        index.add(text)
+    return scores, len(missing), len(chosen)
+
+
+def _histogram(values: np.ndarray, bins: np.ndarray) -> dict[str, list[float]]:
+    counts, edges = np.histogram(values, bins=bins)
+    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+
+
+def _summary(values: Iterable[float]) -> dict[str, float] | None:
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return None
+    return {
+        "n": int(arr.size),
+        "mean": float(arr.mean()),
+        "median": float(np.median(arr)),
+        "p90": float(np.percentile(arr, 90)),
+        "max": float(arr.max()),
+    }
+
+
+def _rating_stats(records: dict[str, dict[str, Any]], keys: set[str] | None) -> dict[str, Any]:
+    ratings: Counter[str] = Counter()
+    for r in records.values():
+        value = r.get("rating")
+        if isinstance(value, str) and value.strip().upper() in RATINGS:
+            ratings[value.strip().upper()] += 1
+        elif value is None:
+            ratings["unrated"] += 1
+        else:
+            ratings["invalid"] += 1
+    rated = sum(ratings[g] for g in RATINGS)
+    questions = {}
+    for q in QUESTIONS:
+        answers = [r.get(q) for r in records.values() if isinstance(r.get(q), bool)]
+        if answers:
+            questions[q] = {"answered": len(answers), "yes": sum(answers)}
+            questions[q]["share_yes"] = _share(sum(answers), len(answers))
+    all_three = [r for r in records.values() if all(isinstance(r.get(q), bool) for q in QUESTIONS)]
+    out: dict[str, Any] = {
+        "examples": len(records),
+        "rated": rated,
+        "counts": {g: ratings[g] for g in RATINGS},
+        "shares": {g: _share(ratings[g], rated) for g in RATINGS},
+        "unrated": ratings["unrated"],
+        "invalid_rating": ratings["invalid"],
+        "questions": questions,
+    }
+    if all_three:
+        ok = sum(all(r[q] for q in QUESTIONS) for r in all_three)
+        out["all_fields_valid"] = {
+            "answered": len(all_three),
+            "yes": ok,
+            "share_yes": _share(ok, len(all_three)),
+        }
+    if keys is not None:
+        out["still_in_data"] = sum(1 for k in records if k in keys)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+class _Figures:
+    """Draws with matplotlib (Agg) and saves each figure as PNG and SVG."""
+
+    def __init__(self, out_dir: Path):
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+
+        self.plt = plt
+        self.out_dir = out_dir
+        self.saved: dict[str, tuple[Path, Path]] = {}
+        self.png_data: dict[str, bytes] = {}
+        self.rc = {
+            "svg.fonttype": "none",  # text stays text: smaller, searchable files
+            "svg.hashsalt": "selfinstruct-report",  # stable ids between runs
+            "font.size": 10,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+
+    def save(self, name: str, fig: Any) -> None:
+        png, svg = self.out_dir / f"{name}.png", self.out_dir / f"{name}.svg"
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        data = buf.getvalue()
+        write_atomic(png, data)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        write_atomic(svg, buf.getvalue())
+        self.plt.close(fig)
+        self.saved[name] = (png, svg)
+        self.png_data[name] = data
+
+    def sunburst(self, top: list[tuple[str, int, list[tuple[str, int]]]]) -> None:
+        plt = self.plt
+        with plt.rc_context(self.rc):
+            fig, ax = plt.subplots(figsize=(9.5, 9.5))
+            total = sum(c for _, c, _ in top)
+            cmap = plt.get_cmap("tab20")
+            inner_colors = [cmap(i % 20) for i in range(len(top))]
+            outer_sizes: list[int] = []
+            outer_colors: list[Any] = []
+            outer_labels: list[str] = []
+            for i, (_, count, objs) in enumerate(top):
+                base = np.asarray(inner_colors[i])
+                for n, k in objs:
+                    outer_sizes.append(k)
+                    outer_colors.append(tuple(0.55 * base + 0.45))  # a lighter shade
+                    outer_labels.append(n)
+                rest = count - sum(k for _, k in objs)
+                if rest > 0:
+                    outer_sizes.append(rest)
+                    outer_colors.append((1, 1, 1, 0))  # the verb's other objects: blank
+                    outer_labels.append("")
+            kw = {"startangle": 90, "counterclock": False}
+            ax.pie(
+                [c for _, c, _ in top],
+                radius=0.62,
+                colors=inner_colors,
+                wedgeprops={"width": 0.34, "edgecolor": "white", "linewidth": 0.8},
+                **kw,
+            )
+            ax.pie(
+                outer_sizes,
+                radius=1.0,
+                colors=outer_colors,
+                wedgeprops={"width": 0.38, "edgecolor": "white", "linewidth": 0.6},
+                **kw,
+            )
+            self._ring_labels(ax, [v for v, _, _ in top], [c for _, c, _ in top], total, 0.45, 3)
+            self._ring_labels(ax, outer_labels, outer_sizes, total, 0.81, 1.6)
+            ax.set(aspect="equal")
+            ax.set_title(
+                f"Top {len(top)} root verbs (inner) and their top {TOP_NOUNS} direct noun"
+                " objects (outer)",
+                pad=4,
+            )
+            self.save("fig2_verbs", fig)
+
+    @staticmethod
+    def _ring_labels(
+        ax: Any, labels: list[str], sizes: list[int], total: int, radius: float, min_deg: float
+    ) -> None:
+        done = 0.0
+        for label, size in zip(labels, sizes, strict=True):
+            span = 360.0 * size / total
+            mid = 90.0 - 360.0 * (done + size / 2) / total  # clockwise from the top
+            done += size
+            if not label or span < min_deg:
+                continue
+            rad = math.radians(mid)
+            angle = (mid + 180) % 360 - 180
+            rotation = angle if -90 <= angle <= 90 else angle + 180
+            fontsize = 9 if span >= 6 else 7 if span >= 3 else 6
+            ax.text(
+                radius * math.cos(rad),
+                radius * math.sin(rad),
+                label,
+                rotation=rotation,
+                rotation_mode="anchor",
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+            )
+
+    def rouge(self, to_seeds: np.ndarray, to_pool: np.ndarray, threshold: float) -> None:
+        plt = self.plt
+        bins = np.linspace(0, 1, 21)
+        with plt.rc_context(self.rc):
+            fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
+            panels = (
+                (to_seeds, "to the seed tasks", "#4878a8"),
+                (to_pool, "to the seed tasks and earlier instructions\n(when accepted)", "#d1884c"),
+            )
+            for ax, (values, what, color) in zip(axes, panels, strict=True):
+                ax.hist(values, bins=bins, color=color, edgecolor="white")
+                ax.axvline(threshold, color="#444", linestyle="--", linewidth=1)
+                ax.text(threshold, ax.get_ylim()[1] * 0.95, f" {threshold:g}", va="top")
+                ax.set_xlabel(f"highest ROUGE-L F1 {what}")
+                ax.set_ylabel("instructions")
+                ax.set_xlim(0, 1)
+            fig.tight_layout()
+            self.save("fig3_rouge", fig)
+
+    def lengths(
+        self, instr: list[int], inputs: list[int], out_with: list[int], out_without: list[int]
+    ) -> None:
+        plt = self.plt
+        with plt.rc_context(self.rc):
+            fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+            panels = (
+                ("instruction", [(instr, "instructions", "#4878a8")]),
+                ("non-empty input", [(inputs, "inputs", "#6a9f58")]),
+                (
+                    "output",
+                    [
+                        (out_with, "with an input", "#d1884c"),
+                        (out_without, "without input", "#8e6bb0"),
+                    ],
+                ),
+            )
+            for ax, (what, series) in zip(axes, panels, strict=True):
+                values = [v for s, _, _ in series for v in s]
+                if not values:
+                    ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+                    ax.set_xlabel(f"{what} length (words)")
+                    continue
+                cap = max(5, int(np.percentile(values, 99)) + 1)
+                bins = np.arange(0, cap + 2) if cap <= 60 else np.linspace(0, cap + 1, 61)
+                data = [np.minimum(np.asarray(s), cap) for s, _, _ in series]
+                ax.hist(
+                    data,
+                    bins=bins,
+                    stacked=True,
+                    color=[c for _, _, c in series],
+                    label=[f"{label} ({len(s):,})" for s, label, _ in series],
+                    edgecolor="white",
+                    linewidth=0.3,
+                )
+                ax.set_xlabel(f"{what} length (words; the last bar is \u2265{cap})")
+                ax.set_ylabel("count")
+                ax.legend(frameon=False, fontsize=8, loc="best")
+            fig.tight_layout()
+            self.save("fig4_lengths", fig)
+
+    def ratings(self, sources: dict[str, dict[str, Any]]) -> None:
+        plt = self.plt
+        questions = [*QUESTIONS, "all_fields_valid"]
+
+        def share_yes(s: dict[str, Any], q: str) -> float | None:
+            answered = s["questions"].get(q) or s.get(q)
+            return None if not answered else answered["share_yes"]
+
+        answered = {n: s for n, s in sources.items() if any(share_yes(s, q) for q in questions)}
+        with plt.rc_context(self.rc):
+            ncols = 2 if answered else 1
+            fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.8), squeeze=False)
+            colors = {name: c for name, c in zip(sources, ("#4878a8", "#d1884c"), strict=False)}
+            ax = axes[0][0]
+            width = 0.8 / len(sources)
+            for i, (name, s) in enumerate(sources.items()):
+                x = np.arange(len(RATINGS)) + (i - (len(sources) - 1) / 2) * width
+                shares = [100 * (s["shares"][g] or 0) for g in RATINGS]
+                ax.bar(x, shares, width, label=f"{name} ({s['rated']:,} rated)", color=colors[name])
+            ax.set_xticks(
+                range(len(RATINGS)),
+                [f"{g}\n" + "\n".join(textwrap.wrap(RATING_MEANING[g], 16)) for g in RATINGS],
+            )
+            ax.tick_params(axis="x", labelsize=8)
+            ax.set_ylabel("% of rated examples")
+            ax.legend(frameon=False)
+            if answered:
+                ax = axes[0][1]
+                width = 0.8 / len(answered)
+                for i, (name, s) in enumerate(answered.items()):
+                    x = np.arange(len(questions)) + (i - (len(answered) - 1) / 2) * width
+                    y = [100 * (share_yes(s, q) or 0) for q in questions]
+                    ax.bar(x, y, width, label=name, color=colors[name])
+                labels = ["valid\ninstruction", "input\nfits", "output\ncorrect", "all three"]
+                ax.set_xticks(range(len(questions)), labels)
+                ax.set_ylabel("% yes (of the answered)")
+                ax.set_ylim(0, 100)
+                ax.legend(frameon=False)
+            fig.tight_layout()
+            self.save("fig5_ratings", fig)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
+background:#fafafa}
+main{max-width:1100px;margin:0 auto;padding:1.2em 1.6em 4em;background:#fff}
+h1{margin:.2em 0 .1em}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#666;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:.92em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;display:block;margin:.6em 0}
+.samples td{white-space:pre-wrap;word-break:break-word;max-width:28em}
+.note{color:#555;font-size:.92em}nav a{margin-right:1em}code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "\u2013"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value.is_integer():
+            return f"{int(value):,}"
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "\u2013" if value is None else f"{100 * value:.1f}%"
+
+
+def _table(headers: list[str], rows: list[list[Any]], *, cls: str = "") -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            numeric = isinstance(cell, int | float) and not isinstance(cell, bool)
+            text = _fmt(cell)
+            cells.append(f'<td class="n">{_e(text)}</td>' if numeric else f"<td>{_e(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    attr = f' class="{_e(cls)}"' if cls else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(figs: _Figures, name: str, alt: str) -> str:
+    if name not in figs.png_data:
+        return ""
+    data = base64.b64encode(figs.png_data[name]).decode("ascii")
+    png, svg = figs.saved[name]
+    return (
+        f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+        f'<p class="note">Files: <a href="{_e(png.name)}">{_e(png.name)}</a>, '
+        f'<a href="{_e(svg.name)}">{_e(svg.name)}</a></p>'
+    )
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]) -> str:
+    s = stats
+    parts: list[str] = []
+    add = parts.append
+    sections = [
+        ("counts", "Counts per step"),
+        ("table1", "Statistics"),
+        ("verbs", "Verbs and objects"),
+        ("rouge", "Similarity"),
+        ("lengths", "Lengths"),
+    ]
+    if s.get("ratings"):
+        sections.append(("ratings", "Ratings"))
+    if s.get("rejected") is not None:
+        sections.append(("rejected", "Rejected"))
+    sections.append(("samples", "Samples"))
+    add(f"<h1>Self-Instruct run report: {_e(s['run']['name'])}</h1>")
+    meta = [f"run folder <code>{_e(s['run']['path'])}</code>"]
+    model = s["run"].get("model")
+    if model:
+        meta.append(f"model <code>{_e(model)}</code>")
+    meta.append(f"report written {_e(s['generated_at'])}")
+    add('<p class="meta">' + " \u00b7 ".join(meta) + "</p>")
+    add("<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in sections) + "</nav>")
+    for w in s["warnings"]:
+        add(f'<p class="note">Warning: {_e(w)}</p>')
+
+    # Counts
+    add('<h2 id="counts">Counts per step</h2>')
+    steps = s.get("steps_run_json")
+    if steps:
+        add("<p>From <code>run.json</code> (counts of the last invocation of each step; drops"
+            " and token usage added up over all invocations).</p>")  # fmt: skip
+        for name, step in steps.items():
+            rows: list[list[Any]] = [[_label(k), v] for k, v in step["counts"].items()]
+            rows += [[f"dropped: {_label(k)}", v] for k, v in step["dropped"].items()]
+            rows += [[f"usage: {_label(k)}", v] for k, v in step["usage"].items()]
+            if step.get("complete") is not None:
+                rows.append(["complete", step["complete"]])
+            add(f"<h3>{_e(name)}</h3>" + _table(["what", "count"], rows))
+        usage = s["run"].get("usage")
+        if usage:
+            rows = [[_label(k), v] for k, v in usage.items()]
+            if s["run"].get("cost_usd") is not None:
+                rows.append(["cost (USD)", s["run"]["cost_usd"]])
+            add("<h3>whole run</h3>" + _table(["what", "count"], rows))
+    else:
+        add('<p class="note">No <code>run.json</code>: the counts below come from the files.</p>')
+    add("<h3>In the files</h3>")
+    rows = [[f, _label(k), v] for f, c in s["file_counts"].items() for k, v in c.items()]
+    add(_table(["file", "what", "count"], rows))
+
+    # Table 1
+    t = s["table1"]
+    add('<h2 id="table1">Statistics (the paper\'s Table 1)</h2>')
+    rows = [["instructions", t["instructions"]]]
+    if "labelled_instructions" in t:
+        rows += [
+            ["\u2003classification instructions", t["classification_instructions"]],
+            ["\u2003non-classification instructions", t["non_classification_instructions"]],
+            ["\u2003share of classification tasks", _pct(t["classification_share"])],
+        ]
+        if t["labelled_instructions"] != t["instructions"]:
+            rows.append(["\u2003instructions with a step-2 label", t["labelled_instructions"]])
+    if "instances" in t:
+        rows += [
+            ["instances", t["instances"]],
+            ["\u2003instances with empty input", t["instances_with_empty_input"]],
+        ]
+    for key, what in (
+        ("avg_instruction_words", "average instruction length (words)"),
+        ("avg_nonempty_input_words", "average non-empty input length (words)"),
+        ("avg_output_words", "average output length (words)"),
+    ):
+        if key in t:
+            rows.append([what, round(t[key], 1)])
+    add(_table(["statistic", "value"], rows))
+    if "labelled_instructions" not in t:
+        add('<p class="note">No step-2 file: the share of classification tasks is unknown.</p>')
+
+    # Figure 2
+    v = s["verbs"]
+    add('<h2 id="verbs">Root verbs and their direct noun objects (the paper\'s Figure 2)</h2>')
+    add(
+        f"<p>{_fmt(v['with_verb_noun'])} of {_fmt(v['instructions'])} instructions"
+        f" (<b>{_pct(v['share'])}</b>) have a root verb with a direct noun object;"
+        f" {_fmt(v['distinct_verbs'])} distinct verbs, {_fmt(v['distinct_pairs'])} distinct"
+        f" verb\u2013object pairs.</p>"
+    )
+    add(f'<p class="note">Method: <code>{_e(v["method"])}</code>. {_e(s["verbs_method_note"])}</p>')
+    add(_img(figs, "fig2_verbs", "Sunburst of root verbs and their direct noun objects"))
+    if v["top"]:
+        rows = [
+            [
+                x["verb"],
+                x["count"],
+                ", ".join(f"{o['noun']} ({o['count']:,})" for o in x["objects"]),
+            ]
+            for x in v["top"]
+        ]
+        add(_table(["verb", "instructions", f"top {TOP_NOUNS} objects"], rows))
+
+    # Figure 3
+    r = s["rouge"]
+    add('<h2 id="rouge">ROUGE-L to the seed tasks and to the pool (the paper\'s Figure 3)</h2>')
+    add(
+        f"<p>Highest ROUGE-L F1 of each instruction to the {_fmt(r['seed_tasks'])} seed tasks"
+        f" ({_e(r['seed_source'])}), and to the seed tasks plus the instructions accepted"
+        " before it (the best score in step 1's <code>most_similar</code>)."
+        f" Dashed line: the step-1 threshold {_fmt(r['threshold'])}.</p>"
+    )
+    if r["pool_lacking_most_similar"]:
+        lacking, computed = r["pool_lacking_most_similar"], r["pool_computed"]
+        how = (
+            "computed here for all of them"
+            if computed == lacking
+            else f"computed here for a random sample of {_fmt(computed)} of them only, and the"
+            " right-hand histogram counts that sample in their place"
+        )
+        add(
+            f'<p class="note">{_fmt(lacking)} instructions have no <code>most_similar</code>:'
+            f" their score to the pool was {how}.</p>"
+        )
+    rows = [
+        [what, *[r[key][k] for k in ("mean", "median", "p90", "max")]]
+        for what, key in (
+            ("to the seed tasks", "to_seeds"),
+            ("to seeds and earlier pool", "to_pool"),
+        )
+        if r[key]
+    ]
+    if rows:
+        add(_table(["highest ROUGE-L", "mean", "median", "90th pct", "max"], rows))
+    add(_img(figs, "fig3_rouge", "Histograms of the highest ROUGE-L per instruction"))
+
+    # Figure 4
+    ln = s["lengths"]
+    add('<h2 id="lengths">Lengths of instructions, inputs and outputs (the paper\'s Figure 4)</h2>')
+    rows = [
+        [_label(k), x["n"], x["mean"], x["median"], x["p90"], x["max"]]
+        for k, x in ln.items()
+        if x is not None
+    ]
+    add(_table(["words in", "n", "mean", "median", "90th pct", "max"], rows))
+    add(_img(figs, "fig4_lengths", "Histograms of instruction, input and output lengths"))
+
+    # Ratings
+    if s.get("ratings"):
+        add('<h2 id="ratings">Ratings</h2>')
+        sources = s["ratings"]
+        names = list(sources)
+        rows = []
+        for g in RATINGS:
+            row: list[Any] = [f"{g}: {RATING_MEANING[g]}"]
+            for n in names:
+                row.append(f"{sources[n]['counts'][g]:,} ({_pct(sources[n]['shares'][g])})")
+            rows.append(row)
+        rows.append(["rated", *[sources[n]["rated"] for n in names]])
+        rows.append(["not rated (null)", *[sources[n]["unrated"] for n in names]])
+        if any(sources[n]["invalid_rating"] for n in names):
+            rows.append(["rating not A\u2013D", *[sources[n]["invalid_rating"] for n in names]])
+        if any("still_in_data" in sources[n] for n in names):
+            rows.append(
+                ["examples still in step 4", *[sources[n].get("still_in_data") for n in names]]
+            )
+        add(_table(["rating", *names], rows))
+        rows = []
+        for q, text in [*QUESTIONS.items(), ("all_fields_valid", "All three fields valid")]:
+            row = [text]
+            for n in names:
+                a = sources[n]["questions"].get(q) or sources[n].get(q)
+                row.append(f"{_pct(a['share_yes'])} of {a['answered']:,}" if a else "\u2013")
+            rows.append(row)
+        add(_table(["question (share of yes)", *names], rows))
+        add(_img(figs, "fig5_ratings", "Rating distribution and share of yes per question"))
+
+    # Rejected
+    if s.get("rejected") is not None:
+        rej = s["rejected"]
+        add('<h2 id="rejected">Rejected step-1 candidates</h2>')
+        rows = [[_label(k), n, _pct(_share(n, rej["total"]))] for k, n in rej["reasons"].items()]
+        add(f"<p>{_fmt(rej['total'])} candidates rejected.</p>")
+        add(_table(["reason", "candidates", "share"], rows))
+
+    # Samples
+    add('<h2 id="samples">Sample of examples</h2>')
+    if samples:
+        add(f'<p class="note">{len(samples)} examples drawn at random (seed {s["seed"]}).</p>')
+        rows = [
+            [x.get("instruction", ""), x.get("input", ""), x.get("output", "")] for x in samples
+        ]
+        add(_table(["instruction", "input", "output"], rows, cls="samples"))
+    else:
+        add('<p class="note">No examples to show.</p>')
+
+    body = "\n".join(p for p in parts if p)
+    title = _e(f"selfinstruct report: {s['run']['name']}")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{title}</title><style>{_CSS}</style></head>"
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The entry point
+
+
+def build_report(
+    run: str | Path | RunFolder,
+    *,
+    out_dir: str | Path | None = None,
+    sample_rows: int = 20,
+    seed: int = 0,
+    progress: Progress | None = None,
+    parser: str = "auto",
+    seed_tasks: str | Path | None = None,
+    pool_sample: int = 5000,
+) -> ReportResult:
+    """Write the report of a run folder; return the paths written and the numbers.
+
+    ``out_dir`` defaults to the run's ``report/`` folder. ``sample_rows`` examples are drawn
+    with ``random.Random(seed)``. ``progress`` is told what is being done and every warning.
+    ``parser`` chooses the verb/object parse (see :func:`selfinstruct.verbs.resolve_parser`).
+    ``seed_tasks`` is the seed file Figure 3 compares with; by default the one on run.json's
+    command line, else the built-in seed tasks. Where more than ``pool_sample`` instructions
+    lack step 1's ``most_similar``, their ROUGE-L to the pool is computed on a seeded random
+    sample of that many (the computation grows with the square of the pool).
+
+    Raises ConfigError for a missing run folder and DataFileError for a folder without step
+    files, an empty step file or a malformed line.
+    """
+    rf = run if isinstance(run, RunFolder) else RunFolder(run)
+    if sample_rows < 0:
+        raise ConfigError(f"sample rows: expected 0 or more, got {sample_rows}")
+    warnings: list[str] = []
+    say: Progress = progress or (lambda _m: None)
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        say(f"warning: {message}")
+
+    data = _read_run(rf, warn)
+    out = Path(out_dir) if out_dir is not None else rf.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    texts = _instruction_texts(data)
+    run_json = data.run_json or {}
+    say(f"read {rf.path}: {len(texts):,} instructions, {len(data.examples or []):,} examples")
+
+    # Figure 2
+    pairs, method = verb_noun_pairs(
+        texts, parser=parser, cache=out / PARSE_CACHE_FILE, progress=say
+    )
+    verb_stats, top = _verb_stats(texts, pairs, method)
+
+    # Figure 3
+    say("scoring ROUGE-L to the seed tasks")
+    seeds, seed_source = _seed_instructions(data.run_json, seed_tasks)
+    to_seeds = _max_to(seeds, texts)
+    to_pool, lacking, computed = _pool_scores(
+        texts, data.instructions, seeds, say, limit=pool_sample, seed=seed
+    )
+    to_pool_known = to_pool[~np.isnan(to_pool)]
+    threshold = (
+        (run_json.get("config") or {})
+        .get("instructions", {})
+        .get("similarity_threshold", DEFAULT_THRESHOLD)
+    )
+    if not isinstance(threshold, int | float):
+        threshold = DEFAULT_THRESHOLD
+    bins = np.linspace(0, 1, 21)
+
+    # Figure 4
+    examples = data.examples or []
+    instr_len = [_words(x) for x in texts]
+    inputs = [str(r.get("input") or "") for r in examples]
+    input_len = [_words(x) for x in inputs if x.strip()]
+    out_with = [_words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if x.strip()]
+    out_without = [
+        _words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if not x.strip()
+    ]
+
+    keys = {
+        example_key(str(r["instruction"]), str(r.get("input") or ""), str(r.get("output") or ""))
+        for r in examples
+    } if data.examples is not None else None  # fmt: skip
+    ratings = {}
+    if data.judgments is not None:
+        ratings["LLM judge"] = _rating_stats(data.judgments, keys)
+    if data.reviews is not None:
+        ratings["person"] = _rating_stats(data.reviews, keys)
+
+    rejected = None
+    if data.rejected is not None:
+        reasons = Counter(str(r.get("reason") or "unknown") for r in data.rejected)
+        rejected = {"total": len(data.rejected), "reasons": dict(reasons.most_common())}
+
+    rng = random.Random(seed)
+    samples = rng.sample(examples, min(sample_rows, len(examples))) if examples else []
+    if not samples and sample_rows and not examples:
+        samples = [{"instruction": t} for t in rng.sample(texts, min(sample_rows, len(texts)))]
+
+    model = run_json.get("model") or {}
+    model_name = f"{model.get('backend', '')}:{model.get('name', '')}" if model else None
+    stats: dict[str, Any] = {
+        "run": {
+            "path": str(rf.path),
+            "name": rf.path.resolve().name,
+            "model": model_name,
+            "usage": _numbers(run_json.get("usage")),
+            "cost_usd": run_json.get("cost_usd"),
+        },
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": seed,
+        "steps_run_json": _run_json_steps(data.run_json),
+        "file_counts": _file_counts(data),
+        "table1": _table1(data, texts),
+        "verbs": verb_stats,
+        "verbs_method_note": _method_note(method),
+        "rouge": {
+            "seed_tasks": len(seeds),
+            "seed_source": seed_source,
+            "threshold": threshold,
+            "pool_lacking_most_similar": lacking,
+            "pool_computed": computed,
+            "to_seeds": _summary(to_seeds),
+            "to_pool": _summary(to_pool_known),
+            "hist_to_seeds": _histogram(to_seeds, bins),
+            "hist_to_pool": _histogram(to_pool_known, bins),
+        },
+        "lengths": {
+            "instructions": _summary(instr_len),
+            "non_empty_inputs": _summary(input_len),
+            "outputs_with_input": _summary(out_with),
+            "outputs_without_input": _summary(out_without),
+        },
+        "ratings": ratings,
+        "rejected": rejected,
+        "warnings": warnings,
+    }
+
+    say("drawing the figures")
+    figs = _Figures(out)
+    if top:
+        figs.sunburst(top)
+    if texts:
+        figs.rouge(to_seeds, to_pool_known, float(threshold))
+        figs.lengths(instr_len, input_len, out_with, out_without)
+    if ratings:
+        figs.ratings(ratings)
+
+    page = out / HTML_FILE
+    write_atomic(page, _render(stats, figs, samples))
+    stats_file = out / STATS_FILE
+    write_atomic(stats_file, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    say(f"wrote {page}")
+    return ReportResult(out, page, stats_file, dict(figs.saved), stats, method, warnings)
+
+
+def _method_note(method: str) -> str:
+    if method.startswith("spacy:"):
+        return (
+            "Dependency parse with spaCy: the root of the first sentence, if it is a verb, and"
+            " its first direct object that is a noun, both lemmatized."
+        )
+    return (
+        "No spaCy English pipeline is installed, so a rule-based parse was used: skip openers"
+        " (\u201cPlease\u201d, \u201cCan you\u201d, a leading \u201cGiven \u2026,\u201d clause);"
+        " the verb is the first word unless it is a wh-word, auxiliary, pronoun or another word"
+        " that cannot be an imperative verb; the object is"
+        " the last word of the noun phrase after it (determiners, numbers and indirect-object"
+        " pronouns skipped; it ends at a preposition, conjunction, relative word or punctuation),"
+        " put in the singular. Install spaCy and an en_core_web_* pipeline for a real parse."
+    )

@@ -1,0 +1,1 @@
+"""The review page's files (HTML, CSS, JavaScript), served by `selfinstruct.review`."""
