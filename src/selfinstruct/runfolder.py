@@ -123,6 +123,17 @@ class RunFolder:
         return self.path / "reviews.jsonl"
 
     @property
+    def calibration_judgments(self) -> Path:
+        """The judge's ratings of examples from outside the run (a file people rated, the
+        paper's released predictions), kept so that a rerun of the calibration reuses them."""
+        return self.path / "judge_calibration.jsonl"
+
+    @property
+    def calibration_report(self) -> Path:
+        """The last calibration's agreement figures (JSON)."""
+        return self.path / "judge_calibration.json"
+
+    @property
     def report_dir(self) -> Path:
         return self.path / "report"
 

@@ -356,8 +356,26 @@ class ContentGenerator:
             f"Class label: {label}\nSentence: {self.sentence(rng)}\n" for label in labels
         )
 
+    def judgment(self, prompt: str, rng: random.Random) -> str:
+        """A judge's verdict on one example: three yes/no lines and a rating, continuing the
+        answer when the prompt opens it ("...Valid task:")."""
+        answers = ["yes" if rng.random() < p else "no" for p in (0.9, 0.8, 0.6)]
+        rating = rng.choices("ABCD", weights=(4, 3, 2, 1))[0]
+        lines = [
+            f"Valid task: {answers[0]}",
+            f"Input fits: {answers[1]}",
+            f"Output correct: {answers[2]}",
+            f"Rating: {rating}",
+        ]
+        text = "\n".join(lines)
+        if prompt.rstrip().endswith("Valid task:"):
+            return text.removeprefix("Valid task:")
+        return text
+
     def answer(self, prompt: str, rng: random.Random, config: FaultConfig) -> str:
         """The model's continuation of `prompt` (before stop sequences and max_tokens)."""
+        if "Output correct: yes or no" in prompt:
+            return self.judgment(prompt, rng)
         if "Is it classification?" in prompt:
             return self.is_classification(prompt, config.seed, config.classification_ratio)
         if "Come up with examples for the following tasks" in prompt:
