@@ -26,7 +26,7 @@ from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import BudgetExhausted, SelfInstructError
 from selfinstruct.models import Model, load_model
 from selfinstruct.progress import Reporter
-from selfinstruct.records import SeedTask
+from selfinstruct.records import SeedTask, example_key
 from selfinstruct.runfile import RunFile
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
@@ -40,6 +40,7 @@ TITLES = {
     "classify": "Step 2: classification",
     "instances": "Step 3: instances",
     "prepare": "Step 4: fine-tuning data",
+    "judge": "Judge: ratings",
 }
 
 
@@ -195,12 +196,14 @@ class Pipeline:
     ) -> tuple[list, dict[str, str], dict[str, Any]]:
         """Step 4's filters beyond the paper's: the judge's rating and decontamination."""
         from selfinstruct.decontaminate import Decontaminator, default_eval_sets
-        from selfinstruct.judge import load_ratings, rating_filter
+        from selfinstruct.judge import calibration_line, load_ratings
 
         filters: list = []
         config: dict[str, Any] = {"min_rating": min_rating}
         ratings = load_ratings(self.folder) if self.folder.judgments.exists() else {}
         if min_rating is not None:
+            # How far the judge can be trusted, said before it is used to filter.
+            self.reporter.info(calibration_line(self.folder))
             filters.append(rating_filter(ratings, min_rating))
         eval_sets = default_eval_sets() if decontaminate is None else list(decontaminate)
         config["decontaminate"] = [str(p) for p in eval_sets]
@@ -212,6 +215,14 @@ class Pipeline:
                 " not shipped); pass --decontaminate FILE or set SELFINSTRUCT_EVAL_DIR"
             )
         return filters, ratings, config
+
+    def judge(self, **options: Any) -> StepReport:
+        """Rate step 4's examples A-D with the paper's rubric (`JudgeSettings` fields), into
+        judgments.jsonl; then `prepare(min_rating="B")` keeps the good ones."""
+        from selfinstruct.judge import JudgeSettings, judge_run
+
+        settings = JudgeSettings(**options)
+        return self._model_step(settings, lambda ctx: judge_run(ctx, self.folder, settings))
 
     def run(
         self,
@@ -322,6 +333,27 @@ class Pipeline:
             seed=self.seed if with_model else None,
             price=self.price,
         )
+
+
+def rating_filter(ratings: dict[str, str], minimum: str) -> Any:
+    """A step-4 filter that keeps the examples the judge rated `minimum` or better."""
+    from selfinstruct.judge import meets
+
+    meets(None, minimum)  # a bad minimum fails here, before any work
+
+    def check(examples: list[tuple[str, str, str]]) -> list[dict | None]:
+        verdicts: list[dict | None] = []
+        for example in examples:
+            rating = ratings.get(example_key(*example))
+            if rating is None:
+                verdicts.append({"reason": "unrated"})
+            elif meets(rating, minimum):
+                verdicts.append(None)
+            else:
+                verdicts.append({"reason": f"rating_below_{minimum}", "rating": rating})
+        return verdicts
+
+    return check
 
 
 def decontamination_filter(checker: Any) -> Any:
