@@ -277,7 +277,7 @@ def test_finetune_then_evaluate_gains_on_the_embedded_model(tmp_path: Path) -> N
                 "--quiet",
             ],
         )
-        scores[name] = json.loads(line)
+        (scores[name],) = json.loads(line)  # one JSON document: a list, one object a file
         assert scores[name]["n"] == 50
         assert len(pred.read_text().splitlines()) == 50
     print(

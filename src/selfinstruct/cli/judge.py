@@ -28,7 +28,6 @@ Examples:
 @cli.command(
     "judge",
     epilog=JUDGE_EPILOG,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.argument("run", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option(

@@ -45,6 +45,16 @@ QUIET = click.option(
 )
 
 
+RUN_ARGUMENT = click.argument(
+    "run", metavar="RUN", type=click.Path(file_okay=False, path_type=Path)
+)
+
+
+def run_argument(f: Callable) -> Callable:
+    """The run folder, as the commands that look at a finished run take it."""
+    return RUN_ARGUMENT(f)
+
+
 def connection_options(f: Callable) -> Callable:
     """--base-url and --api-key, for commands that reach an OpenAI-compatible server."""
     return _apply(f, [BASE_URL, API_KEY])

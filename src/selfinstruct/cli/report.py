@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from selfinstruct.cli import cli
+from selfinstruct.cli.options import run_argument
 
 
 @cli.command("report")
-@click.argument("run", type=click.Path(path_type=Path))
+@run_argument
 @click.option(
     "--out-dir",
     "out_dir",

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from selfinstruct.cli import cli
+from selfinstruct.cli.options import run_argument
 from selfinstruct.review import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -26,7 +27,7 @@ def _stop(signum: int, frame: object) -> None:
 
 
 @cli.command("review")
-@click.argument("run", metavar="RUN", type=click.Path(path_type=Path))
+@run_argument
 @click.option(
     "--sample",
     type=click.IntRange(min=1),

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from selfinstruct.cli import cli
+from selfinstruct.cli.options import run_argument
 
 SWEEP_EPILOG = """\b
 What a sweep cannot know: the candidates the run never generated. It replays only the
@@ -20,7 +21,7 @@ replayed. See docs/sweep.md.
 
 
 @cli.command("sweep", epilog=SWEEP_EPILOG)
-@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@run_argument
 @click.option(
     "--thresholds",
     default="0.5,0.6,0.7,0.8",

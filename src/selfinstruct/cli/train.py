@@ -35,7 +35,6 @@ Examples:
 @cli.command(
     "finetune",
     epilog=FINETUNE_EPILOG,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -294,7 +293,6 @@ Examples:
 @cli.command(
     "evaluate",
     epilog=EVALUATE_EPILOG,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
