@@ -169,30 +169,23 @@ def _stop_if_budget(report) -> None:
 
 
 def _judge(folder, opts: ModelOptions, seed: int, settings) -> None:
-    from selfinstruct.judge import agreement, judge_run, load_judgments, load_reviews, model_id
+    from selfinstruct.judge import agreement, load_judgments, load_reviews, model_id
     from selfinstruct.judge.rate import read_examples
 
     read_examples(folder)  # no step 4 file, or a bad one: one line, before any model is loaded
-    ctx, reporter = _context(folder, opts, seed)
-    with folder.lock():
-        report = judge_run(ctx, folder, settings)
-        _record(folder, report, opts, seed, dataclasses.asdict(settings), ctx)
-    reporter.summary("Judge: ratings", report.rows())
-    reviews = load_reviews(folder, warn=reporter.warn) if folder.reviews.exists() else {}
-    if reviews:
-        judged = load_judgments(folder, model=model_id(ctx.model))
-        both = agreement((r, judged[k]) for k, r in reviews.items() if k in judged)
-        if both.n:
-            reporter.info(
-                f"agreement with the review page: exact {both.exact:.2f}, within one level"
-                f" {both.within_one:.2f}, n = {both.n} (judge --calibrate for the full figures)"
-            )
-    _stop_if_budget(report)
-    if not report.complete:
-        reporter.warn(
-            "judge: some examples are still unrated (see the counts above); rerun the same"
-            " command to ask again"
-        )
+    with opts.pipeline(folder.path, seed=seed, command="judge") as pipeline:
+        pipeline.judge(**dataclasses.asdict(settings))  # unrated ones are asked again by a rerun
+        reporter = pipeline.reporter
+        reviews = load_reviews(folder, warn=reporter.warn) if folder.reviews.exists() else {}
+        if reviews:
+            judged = load_judgments(folder, model=model_id(pipeline.model))
+            both = agreement((r, judged[k]) for k, r in reviews.items() if k in judged)
+            if both.n:
+                reporter.info(
+                    f"agreement with the review page: exact {both.exact:.2f}, within one level"
+                    f" {both.within_one:.2f}, n = {both.n} (judge --calibrate for the full"
+                    " figures)"
+                )
 
 
 def _calibrate(
