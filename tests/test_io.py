@@ -56,3 +56,15 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     assert write_jsonl_atomic(path, [{"a": 1}, {"b": 2}]) == 2
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"a": 1}, {"b": 2}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_warnings_show_brackets_as_written():
+    import io
+
+    from rich.console import Console
+
+    from selfinstruct.progress import Reporter
+
+    buffer = io.StringIO()
+    Reporter(console=Console(file=buffer, width=200)).warn("runs/[x]/file.jsonl: [bold]torn[/]")
+    assert buffer.getvalue().strip() == "warning: runs/[x]/file.jsonl: [bold]torn[/]"

@@ -9,6 +9,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from selfinstruct.engine import EngineSettings
+from selfinstruct.errors import ConfigError
 from selfinstruct.io import read_jsonl
 from selfinstruct.records import Instance, SeedTask
 from selfinstruct.steps import StepContext
@@ -320,3 +321,19 @@ def test_step1_stops_when_the_model_only_repeats_itself(tmp_path, scripted):
     assert report.counts["instructions_in_file"] == 1
     assert report.dropped["too_similar"] == 20
     assert report.counts["stalled_requests"] == 20
+
+
+def test_step1_needs_seeds_for_a_whole_first_prompt(tmp_path, scripted):
+    """With an empty pool the first prompt is all seeds: 7 classification seeds cannot fill 8
+    places, which is said before any request (it used to crash on the first prompt)."""
+    clf = [
+        SeedTask(f"c{i}", f"c{i}", f"Label the {WORDS[i]} review as good or bad.", (), True)
+        for i in range(7)
+    ]
+    model = scripted(lambda prompt: "Sort the list of words")
+    settings = InstructionSettings(num_instructions=2, classification_only=True)
+    with pytest.raises(ConfigError, match="need at least 8 classification seed tasks"):
+        generate_instructions(
+            ctx(model), clf + [s for s in seeds(12) if not s.is_classification], tmp_path, settings
+        )
+    assert model.prompts == []

@@ -16,6 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 
 class Bar(Protocol):
@@ -31,7 +32,8 @@ class Reporter:
         self.console = console or Console(stderr=True, highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+        # The message is data (file names, instructions): never read as rich markup.
+        self.console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
 
     def info(self, message: str) -> None:
         if not self.quiet:

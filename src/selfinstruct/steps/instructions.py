@@ -74,14 +74,6 @@ def generate_instructions(
     if s.classification_only:
         seeds = [t for t in seeds if t.is_classification]
     seed_instructions = [t.instruction for t in seeds]
-    n_seed_in_prompt = s.num_prompt_instructions - s.num_machine_in_prompt
-    if len(seed_instructions) < n_seed_in_prompt:
-        which = "classification seed tasks" if s.classification_only else "seed tasks"
-        raise ConfigError(
-            f"need at least {n_seed_in_prompt} {which} to build a prompt, got "
-            f"{len(seed_instructions)}"
-        )
-
     existing = read_jsonl(out_path, repair=True, warn=ctx.reporter.warn)
     machine: list[str] = []
     request_idx = 0
@@ -97,6 +89,14 @@ def generate_instructions(
         request_idx = max(request_idx, _index(record, "request_idx") + 1)
         next_candidate = max(next_candidate, _index(record, "candidate_idx") + 1)
     resumed = len(machine)
+    # While the pool holds fewer machine instructions than a prompt shows, seeds fill the rest.
+    seeds_needed = s.num_prompt_instructions - min(len(machine), s.num_machine_in_prompt)
+    if len(seed_instructions) < seeds_needed:
+        which = "classification seed tasks" if s.classification_only else "seed tasks"
+        raise ConfigError(
+            f"need at least {seeds_needed} {which} to build a prompt of"
+            f" {s.num_prompt_instructions} instructions, got {len(seed_instructions)}"
+        )
 
     index = RougeLIndex(seed_instructions + machine)
     # Seeded from the resume point, so that a resumed run is as reproducible as a fresh one.
