@@ -28,6 +28,7 @@ from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
 from selfinstruct.io import JsonlAppender, iter_jsonl, read_jsonl
 from selfinstruct.models.base import Completion, Sampling
+from selfinstruct.progress import Bar
 from selfinstruct.prompts import bootstrap_prompt
 from selfinstruct.records import MachineInstruction, RejectedInstruction, SeedTask
 from selfinstruct.runfolder import RunFolder
@@ -68,177 +69,213 @@ def generate_instructions(
     settings: InstructionSettings | None = None,
 ) -> StepReport:
     s = settings or InstructionSettings()
-    folder = RunFolder.of(run)
-    out_path = folder.instructions
-    report = StepReport("instructions", outputs=[str(out_path)])
     if s.classification_only:
         seeds = [t for t in seeds if t.is_classification]
-    seed_instructions = [t.instruction for t in seeds]
-    existing = read_jsonl(out_path, repair=True, warn=ctx.reporter.warn)
-    machine: list[str] = []
-    request_idx = 0
-    next_candidate = 0  # the run-wide candidate_idx of the next decision
-    for number, record in enumerate(existing, start=1):
-        if not isinstance(record.get("instruction"), str):
-            raise DataFileError(f"{out_path}:{number}: missing field 'instruction'")
-        machine.append(record["instruction"])
-        request_idx = max(request_idx, _index(record, "request_idx") + 1)
-        next_candidate = max(next_candidate, _index(record, "candidate_idx") + 1)
-    # A rerun goes on numbering after the rejected candidates (and their requests) too.
-    for record in iter_jsonl(folder.rejected, repair=True, warn=ctx.reporter.warn):
-        request_idx = max(request_idx, _index(record, "request_idx") + 1)
-        next_candidate = max(next_candidate, _index(record, "candidate_idx") + 1)
-    resumed = len(machine)
-    # While the pool holds fewer machine instructions than a prompt shows, seeds fill the rest.
-    seeds_needed = s.num_prompt_instructions - min(len(machine), s.num_machine_in_prompt)
-    if len(seed_instructions) < seeds_needed:
-        which = "classification seed tasks" if s.classification_only else "seed tasks"
-        raise ConfigError(
-            f"need at least {seeds_needed} {which} to build a prompt of"
-            f" {s.num_prompt_instructions} instructions, got {len(seed_instructions)}"
-        )
+    folder = RunFolder.of(run)
+    report = StepReport("instructions", outputs=[str(folder.instructions)])
+    state = _Bootstrap(ctx, s, [t.instruction for t in seeds], folder)
+    with (
+        JsonlAppender(folder.instructions, warn=ctx.reporter.warn) as kept,
+        JsonlAppender(folder.rejected, warn=ctx.reporter.warn) as rejected,
+        ctx.reporter.bar("instructions", s.num_instructions, completed=state.resumed) as bar,
+    ):
+        state.write_to(kept, rejected, bar)
+        engine = Engine(ctx.model, ctx.engine, usage=report.usage, jitter_seed=s.seed)
+        report.engine = engine.stats
+        ctx.run(engine.run(state.next_request, state.on_result, state.on_failure))
+    state.fill(report)
+    return report
 
-    index = RougeLIndex(seed_instructions + machine)
-    # Seeded from the resume point, so that a resumed run is as reproducible as a fresh one.
-    rng = random.Random(f"{s.seed}:{resumed}:{request_idx}")
-    dropped: Counter[str] = Counter()
-    in_flight_prompts = 0
-    stalled = 0
-    accepted: list[tuple[str, int, dict, int, int]] = []
-    rejected: list[RejectedInstruction] = []  # decided, not yet written
-    per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
 
-    def make_prompt() -> str:
-        chosen = rng.sample(machine, min(s.num_machine_in_prompt, len(machine)))
-        chosen += rng.sample(seed_instructions, s.num_prompt_instructions - len(chosen))
+class _Bootstrap:
+    """Step 1's state over one invocation: the pool, its index, the prompt sampler, and every
+    decision on a candidate (kept, or rejected with its reason), in the order it was made.
+
+    The engine calls `next_request` when a slot is free and `on_result`/`on_failure` on the
+    event loop, one at a time, so none of this needs a lock.
+    """
+
+    def __init__(
+        self,
+        ctx: StepContext,
+        s: InstructionSettings,
+        seed_instructions: list[str],
+        folder: RunFolder,
+    ):
+        self.ctx, self.s, self.seed_instructions = ctx, s, seed_instructions
+        self.machine: list[str] = []
+        self.request_idx = 0
+        self.next_candidate = 0  # the run-wide candidate_idx of the next decision
+        self._resume(folder)
+        self.resumed = len(self.machine)
+        self._check_seeds()
+        self.index = RougeLIndex(seed_instructions + self.machine)
+        # Seeded from the resume point, so that a resumed run is as reproducible as a fresh one.
+        self.rng = random.Random(f"{s.seed}:{self.resumed}:{self.request_idx}")
+        self.dropped: Counter[str] = Counter()
+        self.in_flight_prompts = 0
+        self.stalled = 0
+        self.accepted: list[tuple[str, int, dict, int, int]] = []
+        self.rejected: list[RejectedInstruction] = []  # decided, not yet written
+        self.per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
+
+    def _resume(self, folder: RunFolder) -> None:
+        warn = self.ctx.reporter.warn
+        for number, record in enumerate(
+            read_jsonl(folder.instructions, repair=True, warn=warn), start=1
+        ):
+            if not isinstance(record.get("instruction"), str):
+                raise DataFileError(f"{folder.instructions}:{number}: missing field 'instruction'")
+            self.machine.append(record["instruction"])
+            self._continue_after(record)
+        # A rerun goes on numbering after the rejected candidates (and their requests) too.
+        for record in iter_jsonl(folder.rejected, repair=True, warn=warn):
+            self._continue_after(record)
+
+    def _continue_after(self, record: dict) -> None:
+        self.request_idx = max(self.request_idx, _index(record, "request_idx") + 1)
+        self.next_candidate = max(self.next_candidate, _index(record, "candidate_idx") + 1)
+
+    def _check_seeds(self) -> None:
+        s = self.s
+        # While the pool holds fewer machine instructions than a prompt shows, seeds fill in.
+        needed = s.num_prompt_instructions - min(len(self.machine), s.num_machine_in_prompt)
+        if len(self.seed_instructions) < needed:
+            which = "classification seed tasks" if s.classification_only else "seed tasks"
+            raise ConfigError(
+                f"need at least {needed} {which} to build a prompt of"
+                f" {s.num_prompt_instructions} instructions, got {len(self.seed_instructions)}"
+            )
+
+    def write_to(self, kept: JsonlAppender, rejected: JsonlAppender, bar: Bar) -> None:
+        """Where decisions go once the files are open."""
+        self.out, self.out_rejected, self.bar = kept, rejected, bar
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def make_prompt(self) -> str:
+        s, rng = self.s, self.rng
+        chosen = rng.sample(self.machine, min(s.num_machine_in_prompt, len(self.machine)))
+        chosen += rng.sample(self.seed_instructions, s.num_prompt_instructions - len(chosen))
         rng.shuffle(chosen)
         return bootstrap_prompt(chosen, classification=s.classification_only)
 
-    def next_request() -> Request | None:
-        nonlocal request_idx, in_flight_prompts
-        still_needed = s.num_instructions - len(machine)
-        if stalled >= s.max_stalled_requests:
+    def next_request(self) -> Request | None:
+        still_needed = self.s.num_instructions - len(self.machine)
+        if self.stalled >= self.s.max_stalled_requests:
             return None
         # Enough prompts in flight to finish (at least one candidate each is expected): wait.
-        if still_needed <= 0 or in_flight_prompts >= still_needed:
+        if still_needed <= 0 or self.in_flight_prompts >= still_needed:
             return None if still_needed <= 0 else WAIT
-        prompts = [make_prompt() for _ in range(per_request)]
-        in_flight_prompts += len(prompts)
-        request = Request(prompts, s.sampling, key=request_idx)
-        request_idx += 1
+        prompts = [self.make_prompt() for _ in range(self.per_request)]
+        self.in_flight_prompts += len(prompts)
+        request = Request(prompts, self.s.sampling, key=self.request_idx)
+        self.request_idx += 1
         return request
 
-    def reject(
-        text: str | None,
-        reason: str,
-        request_key: int,
-        match: tuple[int, float] | None = None,
+    # --- answers ----------------------------------------------------------------------------
+
+    def on_result(self, request: Request, completions: list[Completion]) -> None:
+        self.in_flight_prompts -= len(request.prompts)
+        pool_before = len(self.machine)
+        for prompt, completion in zip(request.prompts, completions, strict=True):
+            self._take_answer(prompt, completion, request.key)
+        # Written before this handler returns, so before any other answer is looked at;
+        # scored together, because one batched call costs far less than one per record.
+        # Kept records first: a crash in between loses rejection records only, never a
+        # kept instruction that a written rejection was compared with.
+        for record in _records(self.index, self.accepted):
+            self.out.write(record.to_dict())
+        self._flush_rejected()
+        self.bar.advance(len(self.accepted))
+        self.accepted.clear()
+        self.stalled = 0 if len(self.machine) > pool_before else self.stalled + 1
+        self.bar.note(self.dropped)
+
+    def on_failure(self, request: Request, failure: RequestFailed) -> None:
+        self.in_flight_prompts -= len(request.prompts)
+        for _ in request.prompts:
+            self._reject(None, f"request_failed_{failure.reason}", request.key)
+        self._flush_rejected()
+
+    def _take_answer(self, prompt: str, completion: Completion, key: int) -> None:
+        s = self.s
+        candidates = split_numbered_list(
+            completion.text, first_number=s.num_prompt_instructions + 1
+        )
+        if completion.finish_reason == "length":
+            # The paper drops the whole answer: its last item is cut, the rest suspect.
+            for raw in candidates or [None]:
+                self._reject(None if raw is None else _normalise(raw, s), "cut_by_length", key)
+            return
+        if not candidates:
+            self._reject(None, "empty_answer", key)
+        usage = {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+        }
+        metadata = response_metadata(
+            self.ctx.model, prompt, completion.text, completion.finish_reason, usage
+        )
+        for raw in candidates:
+            self._decide(_normalise(raw, s), metadata, key)
+
+    def _decide(self, candidate: str, metadata: dict, key: int) -> None:
+        """Keep the candidate, or reject it with the first reason that applies."""
+        if len(self.machine) >= self.s.num_instructions:
+            return self._reject(candidate, "surplus", key)
+        reason = rejection_reason(candidate)
+        if reason is not None:
+            return self._reject(candidate, reason, key)
+        # The best match costs about what the plain threshold test costs.
+        match = self.index.best_above(candidate, self.s.similarity_threshold)
+        if match is not None:
+            return self._reject(candidate, "too_similar", key, match)
+        position = self.index.add(candidate)
+        self.accepted.append((candidate, position, metadata, key, self.next_candidate))
+        self.next_candidate += 1
+        self.machine.append(candidate)
+        return None
+
+    def _reject(
+        self, text: str | None, reason: str, key: int, match: tuple[int, float] | None = None
     ) -> None:
-        nonlocal next_candidate
-        dropped[reason] += 1
-        rejected.append(
+        self.dropped[reason] += 1
+        self.rejected.append(
             RejectedInstruction(
                 instruction=text,
                 reason=reason,
-                request_idx=request_key,
-                candidate_idx=next_candidate,
-                most_similar=None if match is None else index.text(match[0]),
+                request_idx=key,
+                candidate_idx=self.next_candidate,
+                most_similar=None if match is None else self.index.text(match[0]),
                 rouge_l=None if match is None else match[1],
             )
         )
-        next_candidate += 1
+        self.next_candidate += 1
 
-    with (
-        JsonlAppender(out_path, warn=ctx.reporter.warn) as out,
-        JsonlAppender(folder.rejected, warn=ctx.reporter.warn) as out_rejected,
-        ctx.reporter.bar("instructions", s.num_instructions, completed=resumed) as bar,
-    ):
+    def _flush_rejected(self) -> None:
+        for record in self.rejected:
+            self.out_rejected.write(record.to_dict())
+        self.rejected.clear()
 
-        def flush_rejected() -> None:
-            for record in rejected:
-                out_rejected.write(record.to_dict())
-            rejected.clear()
+    # --- the report -------------------------------------------------------------------------
 
-        def on_result(request: Request, completions: list[Completion]) -> None:
-            nonlocal in_flight_prompts, stalled, next_candidate
-            in_flight_prompts -= len(request.prompts)
-            pool_before = len(machine)
-            key = request.key
-            for prompt, completion in zip(request.prompts, completions, strict=True):
-                candidates = split_numbered_list(
-                    completion.text, first_number=s.num_prompt_instructions + 1
-                )
-                if completion.finish_reason == "length":
-                    # The paper drops the whole answer: its last item is cut, the rest suspect.
-                    for raw in candidates or [None]:
-                        text = None if raw is None else _normalise(raw, s)
-                        reject(text, "cut_by_length", key)
-                    continue
-                if not candidates:
-                    reject(None, "empty_answer", key)
-                usage = {
-                    "prompt_tokens": completion.prompt_tokens,
-                    "completion_tokens": completion.completion_tokens,
-                }
-                metadata = response_metadata(
-                    ctx.model, prompt, completion.text, completion.finish_reason, usage
-                )
-                for raw in candidates:
-                    candidate = _normalise(raw, s)
-                    if len(machine) >= s.num_instructions:
-                        reject(candidate, "surplus", key)
-                        continue
-                    reason = rejection_reason(candidate)
-                    if reason is not None:
-                        reject(candidate, reason, key)
-                        continue
-                    # The best match costs about what the plain threshold test costs.
-                    match = index.best_above(candidate, s.similarity_threshold)
-                    if match is not None:
-                        reject(candidate, "too_similar", key, match)
-                        continue
-                    position = index.add(candidate)
-                    accepted.append((candidate, position, metadata, key, next_candidate))
-                    next_candidate += 1
-                    machine.append(candidate)
-            # Written before this handler returns, so before any other answer is looked at;
-            # scored together, because one batched call costs far less than one per record.
-            # Kept records first: a crash in between loses rejection records only, never a
-            # kept instruction that a written rejection was compared with.
-            for record in _records(index, accepted):
-                out.write(record.to_dict())
-            flush_rejected()
-            bar.advance(len(accepted))
-            accepted.clear()
-            stalled = 0 if len(machine) > pool_before else stalled + 1
-            bar.note(dropped)
-
-        def on_failure(request: Request, failure: RequestFailed) -> None:
-            nonlocal in_flight_prompts
-            in_flight_prompts -= len(request.prompts)
-            for _ in request.prompts:
-                reject(None, f"request_failed_{failure.reason}", request.key)
-            flush_rejected()
-
-        engine = Engine(ctx.model, ctx.engine, usage=report.usage, jitter_seed=s.seed)
-        report.engine = engine.stats
-        ctx.run(engine.run(next_request, on_result, on_failure))
-
-    report.counts = {
-        "instructions_in_file": len(machine),
-        "accepted_now": len(machine) - resumed,
-        "resumed_from": resumed,
-        "requested": s.num_instructions,
-    }
-    report.dropped = dict(dropped)
-    report.complete = len(machine) >= s.num_instructions
-    if stalled >= s.max_stalled_requests:
-        report.counts["stalled_requests"] = stalled
-        ctx.reporter.warn(
-            f"instructions: the last {stalled} answers added nothing new to the pool; stopped"
-            " (try another model, a higher temperature or more varied seed tasks)"
-        )
-    return report
+    def fill(self, report: StepReport) -> None:
+        s, machine = self.s, self.machine
+        report.counts = {
+            "instructions_in_file": len(machine),
+            "accepted_now": len(machine) - self.resumed,
+            "resumed_from": self.resumed,
+            "requested": s.num_instructions,
+        }
+        report.dropped = dict(self.dropped)
+        report.complete = len(machine) >= s.num_instructions
+        if self.stalled >= s.max_stalled_requests:
+            report.counts["stalled_requests"] = self.stalled
+            self.ctx.reporter.warn(
+                f"instructions: the last {self.stalled} answers added nothing new to the pool;"
+                " stopped (try another model, a higher temperature or more varied seed tasks)"
+            )
 
 
 def _index(record: dict, key: str) -> int:
