@@ -7,6 +7,7 @@ it, so a better parser can be applied later to old runs without calling the mode
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,65 +61,22 @@ def generate_instances(
     warn = ctx.reporter.warn
     out_path = rf.path / s.output_file if s.output_file else rf.instances
     report = StepReport("instances", outputs=[str(out_path)])
-    input_path = rf.path / s.input_file if s.input_file else None
-    records = rf.read_instructions(path=input_path, limit=s.num_instructions, warn=warn)
-    clf_path = rf.find_classification_file(s.classification_file)
-    labels = rf.read_labels([clf_path], warn=warn)
-    unlabelled = [r for r in records if r["instruction"] not in labels]
-    records = [r for r in records if r["instruction"] in labels]
-    if s.classification_tasks_only:
-        records = [r for r in records if labels[r["instruction"]]]
-    if s.generation_tasks_only:
-        records = [r for r in records if not labels[r["instruction"]]]
-
+    records, labels, unlabelled = _tasks(rf, s, warn)
     done = rf.done_instructions(out_path, warn=warn)
-    pending = [r for r in records if r["instruction"] not in done]
-    per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
+    pending = sum(1 for r in records if r["instruction"] not in done)
+    requests = _requests(records, labels, done, s, ctx.model.max_batch)
     counts: Counter[str] = Counter()
 
-    # As the paper's script: batches of request_batch_size tasks in file order, kinds mixed, and
-    # a batch with any classification task gets the shorter limit. Batches are cut over all the
-    # tasks, done or not, so that a resumed run gives each task the limit a fresh run would; a
-    # batch wider than the model takes in one request goes as several requests.
-    requests = []
-    for batch in batched(records, max(1, s.request_batch_size)):
-        todo = [r for r in batch if r["instruction"] not in done]
-        if not todo:
-            continue
-        max_tokens = batch_max_tokens([labels[r["instruction"]] for r in batch])
-        sampling = paper_sampling(max_tokens, s.max_instances_to_generate)
-        for chunk in batched(todo, per_request):
-            prompts = [
-                instance_prompt(r["instruction"], is_classification=labels[r["instruction"]])
-                for r in chunk
-            ]
-            requests.append(Request(prompts, sampling, key=chunk))
-
     with (
-        JsonlAppender(out_path, warn=ctx.reporter.warn) as out,
-        ctx.reporter.bar("instances", len(records), completed=len(records) - len(pending)) as bar,
+        JsonlAppender(out_path, warn=warn) as out,
+        ctx.reporter.bar("instances", len(records), completed=len(records) - pending) as bar,
     ):
 
         def on_result(request: Request, completions: list[Completion]) -> None:
             for record, prompt, completion in zip(
                 request.key, request.prompts, completions, strict=True
             ):
-                usage = {
-                    "prompt_tokens": completion.prompt_tokens,
-                    "completion_tokens": completion.completion_tokens,
-                }
-                metadata = response_metadata(
-                    ctx.model, prompt, completion.text, completion.finish_reason, usage
-                )
-                generation = InstanceGeneration(
-                    instruction=record["instruction"],
-                    raw_instances=completion.text,
-                    instance_metadata=metadata,
-                    instruction_metadata=record.get("metadata") or {},
-                    most_similar=record.get("most_similar") or {},
-                    avg_similarity_score=float(record.get("avg_similarity_score") or 0.0),
-                )
-                out.write(generation.to_dict())
+                out.write(_generation(ctx, record, prompt, completion).to_dict())
                 counts["generated_now"] += 1
                 if completion.finish_reason == "length":
                     counts["cut_by_length_now"] += 1
@@ -133,10 +91,9 @@ def generate_instances(
         ctx.run(engine.run(requests, on_result, on_failure))
 
     done_after = rf.done_instructions(out_path, warn=warn)
-    in_file = len(done_after)
     report.counts = {
         "tasks": len(records),
-        "in_file": in_file,
+        "in_file": len(done_after),
         "generated_now": counts["generated_now"],
         "cut_by_length_now": counts["cut_by_length_now"],
         "unlabelled_skipped": len(unlabelled),
@@ -144,3 +101,69 @@ def generate_instances(
     report.dropped = {k: v for k, v in counts.items() if k.startswith("request_failed")}
     report.complete = not unlabelled and all(r["instruction"] in done_after for r in records)
     return report
+
+
+def _tasks(
+    rf: RunFolder, s: InstanceSettings, warn: Callable[[str], None]
+) -> tuple[list[dict], dict[str, bool], list[dict]]:
+    """The labelled instructions this invocation covers, their labels, and the unlabelled."""
+    input_path = rf.path / s.input_file if s.input_file else None
+    records = rf.read_instructions(path=input_path, limit=s.num_instructions, warn=warn)
+    labels = rf.read_labels([rf.find_classification_file(s.classification_file)], warn=warn)
+    unlabelled = [r for r in records if r["instruction"] not in labels]
+    records = [r for r in records if r["instruction"] in labels]
+    if s.classification_tasks_only:
+        records = [r for r in records if labels[r["instruction"]]]
+    if s.generation_tasks_only:
+        records = [r for r in records if not labels[r["instruction"]]]
+    return records, labels, unlabelled
+
+
+def _requests(
+    records: list[dict],
+    labels: dict[str, bool],
+    done: set[str],
+    s: InstanceSettings,
+    max_batch: int,
+) -> list[Request]:
+    """As the paper's script: batches of request_batch_size tasks in file order, kinds mixed,
+    and a batch with any classification task gets the shorter limit.
+
+    Batches are cut over all the tasks, done or not, so that a resumed run gives each task the
+    limit a fresh run would; a batch wider than the model takes in one request goes as several.
+    """
+    per_request = max(1, min(s.request_batch_size, max_batch))
+    requests = []
+    for batch in batched(records, max(1, s.request_batch_size)):
+        todo = [r for r in batch if r["instruction"] not in done]
+        if not todo:
+            continue
+        max_tokens = batch_max_tokens([labels[r["instruction"]] for r in batch])
+        sampling = paper_sampling(max_tokens, s.max_instances_to_generate)
+        for chunk in batched(todo, per_request):
+            prompts = [
+                instance_prompt(r["instruction"], is_classification=labels[r["instruction"]])
+                for r in chunk
+            ]
+            requests.append(Request(prompts, sampling, key=chunk))
+    return requests
+
+
+def _generation(
+    ctx: StepContext, record: dict, prompt: str, completion: Completion
+) -> InstanceGeneration:
+    """The record of one task's answer, in the release's shape."""
+    usage = {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+    }
+    return InstanceGeneration(
+        instruction=record["instruction"],
+        raw_instances=completion.text,
+        instance_metadata=response_metadata(
+            ctx.model, prompt, completion.text, completion.finish_reason, usage
+        ),
+        instruction_metadata=record.get("metadata") or {},
+        most_similar=record.get("most_similar") or {},
+        avg_similarity_score=float(record.get("avg_similarity_score") or 0.0),
+    )
