@@ -394,57 +394,60 @@ def evaluate_command(
       --predictions FILE [--predictions FILE ...]  score files in the release's format
       --compare A.jsonl B.jsonl ...                 score and rank by ROUGE-L
     """
-    from selfinstruct import evaluation as ev
-    from selfinstruct.progress import Reporter
+    from selfinstruct import evaluation
 
     opts = ModelOptions.pop(kwargs)
-    reporter = Reporter(quiet=opts.quiet)
     generating = tasks is not None or out is not None
-    modes = sum([generating, bool(predictions), compare])
-    if modes != 1:
+    if sum([generating, bool(predictions), compare]) != 1:
         raise ConfigError(
             "choose one mode: --model/--tasks/--out, --predictions FILE, or --compare FILES"
         )
     if files and not compare:
         raise ConfigError("file arguments are read with --compare only")
-    if compare:
-        if not files:
-            raise ConfigError("--compare needs at least one predictions file")
-        scores = [ev.score_file(f) for f in files]
-        _print_scores(scores, table_format, ranked=True)
-        return
-    if predictions:
-        scores = [ev.score_file(f) for f in predictions]
-        _print_scores(scores, table_format, ranked=False)
+    if compare and not files:
+        raise ConfigError("--compare needs at least one predictions file")
+    if compare or predictions:
+        scores = [evaluation.score_file(f) for f in files or predictions]
+        _print_scores(scores, table_format, ranked=compare)
         return
     if tasks is None or out is None:
         raise ConfigError("generating needs --tasks and --out (and --model, default: local)")
-    from selfinstruct.decontaminate import overlap_warning, training_data_of
-    from selfinstruct.models.base import Sampling
-
     opts.parsed_price()  # a malformed --price stops before any model call
-    training_data = training_data or training_data_of(opts.model_spec)
-    if training_data is not None:
-        warning = overlap_warning(tasks, training_data)
-        if warning is not None:  # one line, unwrapped
-            click.echo(f"warning: {warning}", err=True)
-    result = ev.evaluate(
+    _warn_if_tasks_were_trained_on(tasks, training_data, opts.model_spec)
+    from selfinstruct.models.base import Sampling
+    from selfinstruct.progress import Reporter
+
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed)
+    result = evaluation.evaluate(
         opts.model_spec,
         tasks,
         out,
         prompt_format=prompt_format,
-        sampling=Sampling(
-            max_tokens=max_tokens, temperature=temperature, stop=tuple(stop), seed=seed
-        ),
+        sampling=sampling,
         engine=opts.engine(),
         limit=limit,
-        reporter=reporter,
+        reporter=Reporter(quiet=opts.quiet),
         base_url=opts.base_url,
         api_key=opts.api_key,
         timeout=opts.timeout,
         seed=seed,
     )
     _print_scores([result.scores], table_format, ranked=False)
+    _raise_if_unfinished(result, out)
+
+
+def _warn_if_tasks_were_trained_on(tasks: Path, training: Path | None, model_spec: str) -> None:
+    """One line when the task file overlaps the model's training data (given, or found)."""
+    from selfinstruct.decontaminate import overlap_warning, training_data_of
+
+    training = training or training_data_of(model_spec)
+    if training is not None:
+        warning = overlap_warning(tasks, training)
+        if warning is not None:
+            click.echo(f"warning: {warning}", err=True)
+
+
+def _raise_if_unfinished(result: Any, out: Path) -> None:
     if result.engine.get("budget_stop"):
         which = result.engine["budget_stop"].replace("_", "-")
         raise BudgetExhausted(
