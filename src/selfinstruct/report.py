@@ -756,9 +756,28 @@ def _label(key: str) -> str:
 
 
 def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]) -> str:
-    s = stats
-    parts: list[str] = []
-    add = parts.append
+    parts = [
+        *_header(stats),
+        *_counts_section(stats),
+        *_table1_section(stats["table1"]),
+        *_verbs_section(stats, figs),
+        *_rouge_section(stats["rouge"], figs),
+        *_lengths_section(stats["lengths"], figs),
+        *_ratings_section(stats.get("ratings"), figs),
+        *_rejected_section(stats.get("rejected")),
+        *_samples_section(samples, stats["seed"]),
+    ]
+    body = "\n".join(p for p in parts if p)
+    title = _e(f"selfinstruct report: {stats['run']['name']}")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{title}</title><style>{_CSS}</style></head>"
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def _nav_sections(s: dict[str, Any]) -> list[tuple[str, str]]:
     sections = [
         ("counts", "Counts per step"),
         ("table1", "Statistics"),
@@ -771,45 +790,61 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
     if s.get("rejected") is not None:
         sections.append(("rejected", "Rejected"))
     sections.append(("samples", "Samples"))
-    add(f"<h1>Self-Instruct run report: {_e(s['run']['name'])}</h1>")
+    return sections
+
+
+def _header(s: dict[str, Any]) -> list[str]:
+    """The title, the run's folder, model and date, the links to the sections, the warnings."""
     meta = [f"run folder <code>{_e(s['run']['path'])}</code>"]
     model = s["run"].get("model")
     if model:
         meta.append(f"model <code>{_e(model)}</code>")
     meta.append(f"report written {_e(s['generated_at'])}")
-    add('<p class="meta">' + " \u00b7 ".join(meta) + "</p>")
-    add("<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in sections) + "</nav>")
-    for w in s["warnings"]:
-        add(f'<p class="note">Warning: {_e(w)}</p>')
+    links = "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in _nav_sections(s))
+    return [
+        f"<h1>Self-Instruct run report: {_e(s['run']['name'])}</h1>",
+        '<p class="meta">' + " \u00b7 ".join(meta) + "</p>",
+        f"<nav>{links}</nav>",
+        *[f'<p class="note">Warning: {_e(w)}</p>' for w in s["warnings"]],
+    ]
 
-    # Counts
-    add('<h2 id="counts">Counts per step</h2>')
+
+def _counts_section(s: dict[str, Any]) -> list[str]:
+    parts = ['<h2 id="counts">Counts per step</h2>']
     steps = s.get("steps_run_json")
     if steps:
-        add("<p>From <code>run.json</code> (counts of the last invocation of each step; drops"
-            " and token usage added up over all invocations).</p>")  # fmt: skip
-        for name, step in steps.items():
-            rows: list[list[Any]] = [[_label(k), v] for k, v in step["counts"].items()]
-            rows += [[f"dropped: {_label(k)}", v] for k, v in step["dropped"].items()]
-            rows += [[f"usage: {_label(k)}", v] for k, v in step["usage"].items()]
-            if step.get("complete") is not None:
-                rows.append(["complete", step["complete"]])
-            add(f"<h3>{_e(name)}</h3>" + _table(["what", "count"], rows))
-        usage = s["run"].get("usage")
-        if usage:
-            rows = [[_label(k), v] for k, v in usage.items()]
-            if s["run"].get("cost_usd") is not None:
-                rows.append(["cost (USD)", s["run"]["cost_usd"]])
-            add("<h3>whole run</h3>" + _table(["what", "count"], rows))
+        parts += _run_json_counts(steps, s["run"])
     else:
-        add('<p class="note">No <code>run.json</code>: the counts below come from the files.</p>')
-    add("<h3>In the files</h3>")
+        parts.append(
+            '<p class="note">No <code>run.json</code>: the counts below come from the files.</p>'
+        )
+    parts.append("<h3>In the files</h3>")
     rows = [[f, _label(k), v] for f, c in s["file_counts"].items() for k, v in c.items()]
-    add(_table(["file", "what", "count"], rows))
+    parts.append(_table(["file", "what", "count"], rows))
+    return parts
 
-    # Table 1
-    t = s["table1"]
-    add('<h2 id="table1">Statistics (the paper\'s Table 1)</h2>')
+
+def _run_json_counts(steps: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """One table per step of run.json, then one of the whole run's usage."""
+    parts = ["<p>From <code>run.json</code> (counts of the last invocation of each step; drops"
+             " and token usage added up over all invocations).</p>"]  # fmt: skip
+    for name, step in steps.items():
+        rows: list[list[Any]] = [[_label(k), v] for k, v in step["counts"].items()]
+        rows += [[f"dropped: {_label(k)}", v] for k, v in step["dropped"].items()]
+        rows += [[f"usage: {_label(k)}", v] for k, v in step["usage"].items()]
+        if step.get("complete") is not None:
+            rows.append(["complete", step["complete"]])
+        parts.append(f"<h3>{_e(name)}</h3>" + _table(["what", "count"], rows))
+    usage = run.get("usage")
+    if usage:
+        rows = [[_label(k), v] for k, v in usage.items()]
+        if run.get("cost_usd") is not None:
+            rows.append(["cost (USD)", run["cost_usd"]])
+        parts.append("<h3>whole run</h3>" + _table(["what", "count"], rows))
+    return parts
+
+
+def _table1_section(t: dict[str, Any]) -> list[str]:
     rows = [["instructions", t["instructions"]]]
     if "labelled_instructions" in t:
         rows += [
@@ -831,21 +866,26 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
     ):
         if key in t:
             rows.append([what, round(t[key], 1)])
-    add(_table(["statistic", "value"], rows))
+    parts = ['<h2 id="table1">Statistics (the paper\'s Table 1)</h2>']
+    parts.append(_table(["statistic", "value"], rows))
     if "labelled_instructions" not in t:
-        add('<p class="note">No step-2 file: the share of classification tasks is unknown.</p>')
+        parts.append(
+            '<p class="note">No step-2 file: the share of classification tasks is unknown.</p>'
+        )
+    return parts
 
-    # Figure 2
-    v = s["verbs"]
-    add('<h2 id="verbs">Root verbs and their direct noun objects (the paper\'s Figure 2)</h2>')
-    add(
+
+def _verbs_section(s: dict[str, Any], figs: _Figures) -> list[str]:
+    v, note = s["verbs"], s["verbs_method_note"]
+    parts = [
+        '<h2 id="verbs">Root verbs and their direct noun objects (the paper\'s Figure 2)</h2>',
         f"<p>{_fmt(v['with_verb_noun'])} of {_fmt(v['instructions'])} instructions"
         f" (<b>{_pct(v['share'])}</b>) have a root verb with a direct noun object;"
         f" {_fmt(v['distinct_verbs'])} distinct verbs, {_fmt(v['distinct_pairs'])} distinct"
-        f" verb\u2013object pairs.</p>"
-    )
-    add(f'<p class="note">Method: <code>{_e(v["method"])}</code>. {_e(s["verbs_method_note"])}</p>')
-    add(_img(figs, "fig2_verbs", "Sunburst of root verbs and their direct noun objects"))
+        f" verb\u2013object pairs.</p>",
+        f'<p class="note">Method: <code>{_e(v["method"])}</code>. {_e(note)}</p>',
+        _img(figs, "fig2_verbs", "Sunburst of root verbs and their direct noun objects"),
+    ]
     if v["top"]:
         rows = [
             [
@@ -855,29 +895,20 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
             ]
             for x in v["top"]
         ]
-        add(_table(["verb", "instructions", f"top {TOP_NOUNS} objects"], rows))
+        parts.append(_table(["verb", "instructions", f"top {TOP_NOUNS} objects"], rows))
+    return parts
 
-    # Figure 3
-    r = s["rouge"]
-    add('<h2 id="rouge">ROUGE-L to the seed tasks and to the pool (the paper\'s Figure 3)</h2>')
-    add(
+
+def _rouge_section(r: dict[str, Any], figs: _Figures) -> list[str]:
+    parts = [
+        '<h2 id="rouge">ROUGE-L to the seed tasks and to the pool (the paper\'s Figure 3)</h2>',
         f"<p>Highest ROUGE-L F1 of each instruction to the {_fmt(r['seed_tasks'])} seed tasks"
         f" ({_e(r['seed_source'])}), and to the seed tasks plus the instructions accepted"
         " before it (the best score in step 1's <code>most_similar</code>)."
-        f" Dashed line: the step-1 threshold {_fmt(r['threshold'])}.</p>"
-    )
+        f" Dashed line: the step-1 threshold {_fmt(r['threshold'])}.</p>",
+    ]
     if r["pool_lacking_most_similar"]:
-        lacking, computed = r["pool_lacking_most_similar"], r["pool_computed"]
-        how = (
-            "computed here for all of them"
-            if computed == lacking
-            else f"computed here for a random sample of {_fmt(computed)} of them only, and the"
-            " right-hand histogram counts that sample in their place"
-        )
-        add(
-            f'<p class="note">{_fmt(lacking)} instructions have no <code>most_similar</code>:'
-            f" their score to the pool was {how}.</p>"
-        )
+        parts.append(_pool_note(r["pool_lacking_most_similar"], r["pool_computed"]))
     rows = [
         [what, *[r[key][k] for k in ("mean", "median", "p90", "max")]]
         for what, key in (
@@ -887,77 +918,101 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
         if r[key]
     ]
     if rows:
-        add(_table(["highest ROUGE-L", "mean", "median", "90th pct", "max"], rows))
-    add(_img(figs, "fig3_rouge", "Histograms of the highest ROUGE-L per instruction"))
+        parts.append(_table(["highest ROUGE-L", "mean", "median", "90th pct", "max"], rows))
+    parts.append(_img(figs, "fig3_rouge", "Histograms of the highest ROUGE-L per instruction"))
+    return parts
 
-    # Figure 4
-    ln = s["lengths"]
-    add('<h2 id="lengths">Lengths of instructions, inputs and outputs (the paper\'s Figure 4)</h2>')
+
+def _pool_note(lacking: int, computed: int) -> str:
+    """How the score to the pool was found for the instructions without ``most_similar``."""
+    how = (
+        "computed here for all of them"
+        if computed == lacking
+        else f"computed here for a random sample of {_fmt(computed)} of them only, and the"
+        " right-hand histogram counts that sample in their place"
+    )
+    return (
+        f'<p class="note">{_fmt(lacking)} instructions have no <code>most_similar</code>:'
+        f" their score to the pool was {how}.</p>"
+    )
+
+
+def _lengths_section(ln: dict[str, Any], figs: _Figures) -> list[str]:
     rows = [
         [_label(k), x["n"], x["mean"], x["median"], x["p90"], x["max"]]
         for k, x in ln.items()
         if x is not None
     ]
-    add(_table(["words in", "n", "mean", "median", "90th pct", "max"], rows))
-    add(_img(figs, "fig4_lengths", "Histograms of instruction, input and output lengths"))
+    return [
+        '<h2 id="lengths">Lengths of instructions, inputs and outputs (the paper\'s Figure 4)</h2>',
+        _table(["words in", "n", "mean", "median", "90th pct", "max"], rows),
+        _img(figs, "fig4_lengths", "Histograms of instruction, input and output lengths"),
+    ]
 
-    # Ratings
-    if s.get("ratings"):
-        add('<h2 id="ratings">Ratings</h2>')
-        sources = s["ratings"]
-        names = list(sources)
-        rows = []
-        for g in RATINGS:
-            row: list[Any] = [f"{g}: {RATING_MEANING[g]}"]
-            for n in names:
-                row.append(f"{sources[n]['counts'][g]:,} ({_pct(sources[n]['shares'][g])})")
-            rows.append(row)
-        rows.append(["rated", *[sources[n]["rated"] for n in names]])
-        rows.append(["not rated (null)", *[sources[n]["unrated"] for n in names]])
-        if any(sources[n]["invalid_rating"] for n in names):
-            rows.append(["rating not A\u2013D", *[sources[n]["invalid_rating"] for n in names]])
-        if any("still_in_data" in sources[n] for n in names):
-            rows.append(
-                ["examples still in step 4", *[sources[n].get("still_in_data") for n in names]]
-            )
-        add(_table(["rating", *names], rows))
-        rows = []
-        for q, text in [*QUESTIONS.items(), ("all_fields_valid", "All three fields valid")]:
-            row = [text]
-            for n in names:
-                a = sources[n]["questions"].get(q) or sources[n].get(q)
-                row.append(f"{_pct(a['share_yes'])} of {a['answered']:,}" if a else "\u2013")
-            rows.append(row)
-        add(_table(["question (share of yes)", *names], rows))
-        add(_img(figs, "fig5_ratings", "Rating distribution and share of yes per question"))
 
-    # Rejected
-    if s.get("rejected") is not None:
-        rej = s["rejected"]
-        add('<h2 id="rejected">Rejected step-1 candidates</h2>')
-        rows = [[_label(k), n, _pct(_share(n, rej["total"]))] for k, n in rej["reasons"].items()]
-        add(f"<p>{_fmt(rej['total'])} candidates rejected.</p>")
-        add(_table(["reason", "candidates", "share"], rows))
+def _ratings_section(sources: dict[str, Any] | None, figs: _Figures) -> list[str]:
+    if not sources:
+        return []
+    return [
+        '<h2 id="ratings">Ratings</h2>',
+        _ratings_table(sources),
+        _questions_table(sources),
+        _img(figs, "fig5_ratings", "Rating distribution and share of yes per question"),
+    ]
 
-    # Samples
-    add('<h2 id="samples">Sample of examples</h2>')
-    if samples:
-        add(f'<p class="note">{len(samples)} examples drawn at random (seed {s["seed"]}).</p>')
-        rows = [
-            [x.get("instruction", ""), x.get("input", ""), x.get("output", "")] for x in samples
-        ]
-        add(_table(["instruction", "input", "output"], rows, cls="samples"))
-    else:
-        add('<p class="note">No examples to show.</p>')
 
-    body = "\n".join(p for p in parts if p)
-    title = _e(f"selfinstruct report: {s['run']['name']}")
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{title}</title><style>{_CSS}</style></head>"
-        f"<body><main>\n{body}\n</main></body></html>\n"
-    )
+def _ratings_table(sources: dict[str, Any]) -> str:
+    """Count and share of each rating per source (judge, person), then the unrated ones."""
+    names = list(sources)
+    rows = []
+    for g in RATINGS:
+        row: list[Any] = [f"{g}: {RATING_MEANING[g]}"]
+        for n in names:
+            row.append(f"{sources[n]['counts'][g]:,} ({_pct(sources[n]['shares'][g])})")
+        rows.append(row)
+    rows.append(["rated", *[sources[n]["rated"] for n in names]])
+    rows.append(["not rated (null)", *[sources[n]["unrated"] for n in names]])
+    if any(sources[n]["invalid_rating"] for n in names):
+        rows.append(["rating not A\u2013D", *[sources[n]["invalid_rating"] for n in names]])
+    if any("still_in_data" in sources[n] for n in names):
+        rows.append(["examples still in step 4", *[sources[n].get("still_in_data") for n in names]])
+    return _table(["rating", *names], rows)
+
+
+def _questions_table(sources: dict[str, Any]) -> str:
+    """The share of yes to each question per source."""
+    names = list(sources)
+    rows = []
+    for q, text in [*QUESTIONS.items(), ("all_fields_valid", "All three fields valid")]:
+        row = [text]
+        for n in names:
+            a = sources[n]["questions"].get(q) or sources[n].get(q)
+            row.append(f"{_pct(a['share_yes'])} of {a['answered']:,}" if a else "\u2013")
+        rows.append(row)
+    return _table(["question (share of yes)", *names], rows)
+
+
+def _rejected_section(rej: dict[str, Any] | None) -> list[str]:
+    if rej is None:
+        return []
+    rows = [[_label(k), n, _pct(_share(n, rej["total"]))] for k, n in rej["reasons"].items()]
+    return [
+        '<h2 id="rejected">Rejected step-1 candidates</h2>',
+        f"<p>{_fmt(rej['total'])} candidates rejected.</p>",
+        _table(["reason", "candidates", "share"], rows),
+    ]
+
+
+def _samples_section(samples: list[dict[str, Any]], seed: int) -> list[str]:
+    parts = ['<h2 id="samples">Sample of examples</h2>']
+    if not samples:
+        return [*parts, '<p class="note">No examples to show.</p>']
+    rows = [[x.get("instruction", ""), x.get("input", ""), x.get("output", "")] for x in samples]
+    return [
+        *parts,
+        f'<p class="note">{len(samples)} examples drawn at random (seed {seed}).</p>',
+        _table(["instruction", "input", "output"], rows, cls="samples"),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
