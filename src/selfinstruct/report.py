@@ -152,7 +152,7 @@ def _last_per_key(path: Path, warn: Progress) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _read_run(rf: RunFolder, warn: Progress) -> _Run:
+def _check_run_folder(rf: RunFolder) -> None:
     if not rf.path.exists():
         raise ConfigError(f"{rf.path}: no such run folder")
     if not rf.path.is_dir():
@@ -162,52 +162,69 @@ def _read_run(rf: RunFolder, warn: Progress) -> _Run:
             f"{rf.path}: no step files ({rf.instructions.name}, {rf.all_instances.parent.name}/"
             f"{rf.all_instances.name}, ...); run 'selfinstruct run --out {rf.path}' first"
         )
-    run_json = _read_run_json(rf)
 
-    instructions = None
-    if rf.instructions.exists():
-        instructions = rf.read_instructions(warn=warn)
-        _check_not_empty(rf.instructions, instructions)
 
+def _read_instructions(rf: RunFolder, warn: Progress) -> list[dict[str, Any]] | None:
+    if not rf.instructions.exists():
+        return None
+    instructions = rf.read_instructions(warn=warn)
+    _check_not_empty(rf.instructions, instructions)
+    return instructions
+
+
+def _read_labels(
+    rf: RunFolder, run_json: dict[str, Any] | None, warn: Progress
+) -> tuple[dict[str, bool] | None, Path | None]:
+    """Step 2's labels from the file `_choose_labels_file` picks, and that file."""
     labels_file = _choose_labels_file(rf, run_json)
-    labels = None
-    if labels_file is not None:
-        labels = rf.read_labels([labels_file], warn=warn)
-        _check_not_empty(labels_file, labels)
+    if labels_file is None:
+        return None, None
+    labels = rf.read_labels([labels_file], warn=warn)
+    _check_not_empty(labels_file, labels)
+    return labels, labels_file
 
-    instance_tasks = None
-    if rf.instances.exists():
-        seen = {
-            r["instruction"]
-            for r in iter_jsonl(rf.instances, warn=warn)
-            if isinstance(r.get("instruction"), str)
-        }
-        _check_not_empty(rf.instances, seen)
-        instance_tasks = len(seen)
 
-    examples = None
-    if rf.all_instances.exists():
-        examples = []
-        for number, r in enumerate(rf.read_examples(warn=warn), start=1):
-            if not isinstance(r.get("instruction"), str):
-                raise DataFileError(f"{rf.all_instances}:{number}: missing field 'instruction'")
-            examples.append(r)
-        _check_not_empty(rf.all_instances, examples)
+def _count_instance_tasks(rf: RunFolder, warn: Progress) -> int | None:
+    if not rf.instances.exists():
+        return None
+    seen = {
+        r["instruction"]
+        for r in iter_jsonl(rf.instances, warn=warn)
+        if isinstance(r.get("instruction"), str)
+    }
+    _check_not_empty(rf.instances, seen)
+    return len(seen)
 
-    rejected = list(iter_jsonl(rf.rejected, warn=warn)) if rf.rejected.exists() else None
-    judgments = _last_per_key(rf.judgments, warn) if rf.judgments.exists() else None
-    reviews = _last_per_key(rf.reviews, warn) if rf.reviews.exists() else None
+
+def _read_examples(rf: RunFolder, warn: Progress) -> list[dict[str, Any]] | None:
+    if not rf.all_instances.exists():
+        return None
+    examples = []
+    for number, r in enumerate(rf.read_examples(warn=warn), start=1):
+        if not isinstance(r.get("instruction"), str):
+            raise DataFileError(f"{rf.all_instances}:{number}: missing field 'instruction'")
+        examples.append(r)
+    _check_not_empty(rf.all_instances, examples)
+    return examples
+
+
+def _read_run(rf: RunFolder, warn: Progress) -> _Run:
+    """Every step file of the run, read in the steps' order (so are the warnings)."""
+    _check_run_folder(rf)
+    run_json = _read_run_json(rf)
+    instructions = _read_instructions(rf, warn)
+    labels, labels_file = _read_labels(rf, run_json, warn)
     return _Run(
         rf,
         run_json,
         instructions,
         labels,
         labels_file,
-        instance_tasks,
-        examples,
-        rejected,
-        judgments,
-        reviews,
+        _count_instance_tasks(rf, warn),
+        _read_examples(rf, warn),
+        list(iter_jsonl(rf.rejected, warn=warn)) if rf.rejected.exists() else None,
+        _last_per_key(rf.judgments, warn) if rf.judgments.exists() else None,
+        _last_per_key(rf.reviews, warn) if rf.reviews.exists() else None,
     )
 
 
@@ -471,6 +488,138 @@ def _rating_stats(records: dict[str, dict[str, Any]], keys: set[str] | None) -> 
     if keys is not None:
         out["still_in_data"] = sum(1 for k in records if k in keys)
     return out
+
+
+@dataclass
+class _Similarity:
+    """Figure 3's numbers: each instruction's highest ROUGE-L to the seeds and to the pool."""
+
+    seed_tasks: int
+    seed_source: str
+    threshold: float
+    to_seeds: np.ndarray
+    to_pool: np.ndarray  # the instructions whose score is known (no NaN)
+    lacking: int  # instructions without step 1's most_similar
+    computed: int  # of those, how many were scored here
+
+    def stats(self) -> dict[str, Any]:
+        bins = np.linspace(0, 1, 21)
+        return {
+            "seed_tasks": self.seed_tasks,
+            "seed_source": self.seed_source,
+            "threshold": self.threshold,
+            "pool_lacking_most_similar": self.lacking,
+            "pool_computed": self.computed,
+            "to_seeds": _summary(self.to_seeds),
+            "to_pool": _summary(self.to_pool),
+            "hist_to_seeds": _histogram(self.to_seeds, bins),
+            "hist_to_pool": _histogram(self.to_pool, bins),
+        }
+
+
+def _similarity(
+    data: _Run,
+    texts: list[str],
+    seed_tasks: str | Path | None,
+    progress: Progress,
+    *,
+    pool_sample: int,
+    seed: int,
+) -> _Similarity:
+    progress("scoring ROUGE-L to the seed tasks")
+    seeds, seed_source = _seed_instructions(data.run_json, seed_tasks)
+    to_seeds = _max_to(seeds, texts)
+    to_pool, lacking, computed = _pool_scores(
+        texts, data.instructions, seeds, progress, limit=pool_sample, seed=seed
+    )
+    threshold = _similarity_threshold(data.run_json or {})
+    known = to_pool[~np.isnan(to_pool)]
+    return _Similarity(len(seeds), seed_source, threshold, to_seeds, known, lacking, computed)
+
+
+def _similarity_threshold(run_json: dict[str, Any]) -> float:
+    """Step 1's threshold in run.json's config, else the default."""
+    threshold = (
+        (run_json.get("config") or {})
+        .get("instructions", {})
+        .get("similarity_threshold", DEFAULT_THRESHOLD)
+    )
+    return threshold if isinstance(threshold, int | float) else DEFAULT_THRESHOLD
+
+
+@dataclass
+class _Lengths:
+    """Figure 4's numbers: the words in each instruction, non-empty input and output."""
+
+    instructions: list[int]
+    inputs: list[int]  # the non-empty ones
+    outputs_with_input: list[int]
+    outputs_without_input: list[int]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "instructions": _summary(self.instructions),
+            "non_empty_inputs": _summary(self.inputs),
+            "outputs_with_input": _summary(self.outputs_with_input),
+            "outputs_without_input": _summary(self.outputs_without_input),
+        }
+
+
+def _lengths(texts: list[str], examples: list[dict[str, Any]]) -> _Lengths:
+    instr_len = [_words(x) for x in texts]
+    inputs = [str(r.get("input") or "") for r in examples]
+    input_len = [_words(x) for x in inputs if x.strip()]
+    out_with = [_words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if x.strip()]
+    out_without = [
+        _words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if not x.strip()
+    ]
+    return _Lengths(instr_len, input_len, out_with, out_without)
+
+
+def _ratings(data: _Run) -> dict[str, Any]:
+    """The statistics of the LLM judge's and the person's ratings, where they exist."""
+    keys = {
+        example_key(str(r["instruction"]), str(r.get("input") or ""), str(r.get("output") or ""))
+        for r in data.examples
+    } if data.examples is not None else None  # fmt: skip
+    ratings = {}
+    if data.judgments is not None:
+        ratings["LLM judge"] = _rating_stats(data.judgments, keys)
+    if data.reviews is not None:
+        ratings["person"] = _rating_stats(data.reviews, keys)
+    return ratings
+
+
+def _rejected_stats(rejected: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    if rejected is None:
+        return None
+    reasons = Counter(str(r.get("reason") or "unknown") for r in rejected)
+    return {"total": len(rejected), "reasons": dict(reasons.most_common())}
+
+
+def _draw_samples(
+    examples: list[dict[str, Any]], texts: list[str], rows: int, seed: int
+) -> list[dict[str, Any]]:
+    """``rows`` examples drawn with ``random.Random(seed)``; instructions alone where the run
+    has no examples."""
+    rng = random.Random(seed)
+    samples = rng.sample(examples, min(rows, len(examples))) if examples else []
+    if not samples and rows and not examples:
+        samples = [{"instruction": t} for t in rng.sample(texts, min(rows, len(texts)))]
+    return samples
+
+
+def _run_header(rf: RunFolder, run_json: dict[str, Any]) -> dict[str, Any]:
+    """The run's folder, name, model, token usage and cost."""
+    model = run_json.get("model") or {}
+    model_name = f"{model.get('backend', '')}:{model.get('name', '')}" if model else None
+    return {
+        "path": str(rf.path),
+        "name": rf.path.resolve().name,
+        "model": model_name,
+        "usage": _numbers(run_json.get("usage")),
+        "cost_usd": run_json.get("cost_usd"),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -1056,118 +1205,93 @@ def build_report(
     data = _read_run(rf, warn)
     out = Path(out_dir) if out_dir is not None else rf.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    texts = _instruction_texts(data)
-    run_json = data.run_json or {}
-    say(f"read {rf.path}: {len(texts):,} instructions, {len(data.examples or []):,} examples")
+    found = _analyse(
+        data, out, say, parser=parser, seed_tasks=seed_tasks, pool_sample=pool_sample, seed=seed
+    )
+    samples = _draw_samples(data.examples or [], found.texts, sample_rows, seed)
+    stats = _stats(data, found, seed, warnings)
+    figs = _draw_figures(out, found, say)
+    page, stats_file = _write_files(out, stats, figs, samples)
+    say(f"wrote {page}")
+    return ReportResult(out, page, stats_file, dict(figs.saved), stats, found.method, warnings)
 
-    # Figure 2
+
+@dataclass
+class _Analysis:
+    """What the figures are drawn from."""
+
+    texts: list[str]  # the run's instructions
+    method: str  # of the verb/object parse
+    verbs: dict[str, Any]
+    top: list[tuple[str, int, list[tuple[str, int]]]]  # verbs, counts, their top objects
+    similarity: _Similarity
+    lengths: _Lengths
+    ratings: dict[str, Any]
+
+
+def _analyse(
+    data: _Run,
+    out: Path,
+    say: Progress,
+    *,
+    parser: str,
+    seed_tasks: str | Path | None,
+    pool_sample: int,
+    seed: int,
+) -> _Analysis:
+    texts = _instruction_texts(data)
+    say(f"read {data.rf.path}: {len(texts):,} instructions, {len(data.examples or []):,} examples")
     pairs, method = verb_noun_pairs(
         texts, parser=parser, cache=out / PARSE_CACHE_FILE, progress=say
     )
-    verb_stats, top = _verb_stats(texts, pairs, method)
+    verbs, top = _verb_stats(texts, pairs, method)
+    similarity = _similarity(data, texts, seed_tasks, say, pool_sample=pool_sample, seed=seed)
+    lengths = _lengths(texts, data.examples or [])
+    return _Analysis(texts, method, verbs, top, similarity, lengths, _ratings(data))
 
-    # Figure 3
-    say("scoring ROUGE-L to the seed tasks")
-    seeds, seed_source = _seed_instructions(data.run_json, seed_tasks)
-    to_seeds = _max_to(seeds, texts)
-    to_pool, lacking, computed = _pool_scores(
-        texts, data.instructions, seeds, say, limit=pool_sample, seed=seed
-    )
-    to_pool_known = to_pool[~np.isnan(to_pool)]
-    threshold = (
-        (run_json.get("config") or {})
-        .get("instructions", {})
-        .get("similarity_threshold", DEFAULT_THRESHOLD)
-    )
-    if not isinstance(threshold, int | float):
-        threshold = DEFAULT_THRESHOLD
-    bins = np.linspace(0, 1, 21)
 
-    # Figure 4
-    examples = data.examples or []
-    instr_len = [_words(x) for x in texts]
-    inputs = [str(r.get("input") or "") for r in examples]
-    input_len = [_words(x) for x in inputs if x.strip()]
-    out_with = [_words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if x.strip()]
-    out_without = [
-        _words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if not x.strip()
-    ]
-
-    keys = {
-        example_key(str(r["instruction"]), str(r.get("input") or ""), str(r.get("output") or ""))
-        for r in examples
-    } if data.examples is not None else None  # fmt: skip
-    ratings = {}
-    if data.judgments is not None:
-        ratings["LLM judge"] = _rating_stats(data.judgments, keys)
-    if data.reviews is not None:
-        ratings["person"] = _rating_stats(data.reviews, keys)
-
-    rejected = None
-    if data.rejected is not None:
-        reasons = Counter(str(r.get("reason") or "unknown") for r in data.rejected)
-        rejected = {"total": len(data.rejected), "reasons": dict(reasons.most_common())}
-
-    rng = random.Random(seed)
-    samples = rng.sample(examples, min(sample_rows, len(examples))) if examples else []
-    if not samples and sample_rows and not examples:
-        samples = [{"instruction": t} for t in rng.sample(texts, min(sample_rows, len(texts)))]
-
-    model = run_json.get("model") or {}
-    model_name = f"{model.get('backend', '')}:{model.get('name', '')}" if model else None
-    stats: dict[str, Any] = {
-        "run": {
-            "path": str(rf.path),
-            "name": rf.path.resolve().name,
-            "model": model_name,
-            "usage": _numbers(run_json.get("usage")),
-            "cost_usd": run_json.get("cost_usd"),
-        },
+def _stats(data: _Run, found: _Analysis, seed: int, warnings: list[str]) -> dict[str, Any]:
+    """Every number the page shows, in stats.json's order."""
+    return {
+        "run": _run_header(data.rf, data.run_json or {}),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "steps_run_json": _run_json_steps(data.run_json),
         "file_counts": _file_counts(data),
-        "table1": _table1(data, texts),
-        "verbs": verb_stats,
-        "verbs_method_note": _method_note(method),
-        "rouge": {
-            "seed_tasks": len(seeds),
-            "seed_source": seed_source,
-            "threshold": threshold,
-            "pool_lacking_most_similar": lacking,
-            "pool_computed": computed,
-            "to_seeds": _summary(to_seeds),
-            "to_pool": _summary(to_pool_known),
-            "hist_to_seeds": _histogram(to_seeds, bins),
-            "hist_to_pool": _histogram(to_pool_known, bins),
-        },
-        "lengths": {
-            "instructions": _summary(instr_len),
-            "non_empty_inputs": _summary(input_len),
-            "outputs_with_input": _summary(out_with),
-            "outputs_without_input": _summary(out_without),
-        },
-        "ratings": ratings,
-        "rejected": rejected,
-        "warnings": warnings,
+        "table1": _table1(data, found.texts),
+        "verbs": found.verbs,
+        "verbs_method_note": _method_note(found.method),
+        "rouge": found.similarity.stats(),
+        "lengths": found.lengths.stats(),
+        "ratings": found.ratings,
+        "rejected": _rejected_stats(data.rejected),
+        "warnings": warnings,  # the same list: a later warning still shows
     }
 
+
+def _draw_figures(out: Path, found: _Analysis, say: Progress) -> _Figures:
     say("drawing the figures")
     figs = _Figures(out)
-    if top:
-        figs.sunburst(top)
-    if texts:
-        figs.rouge(to_seeds, to_pool_known, float(threshold))
-        figs.lengths(instr_len, input_len, out_with, out_without)
-    if ratings:
-        figs.ratings(ratings)
+    if found.top:
+        figs.sunburst(found.top)
+    if found.texts:
+        sim, ln = found.similarity, found.lengths
+        figs.rouge(sim.to_seeds, sim.to_pool, float(sim.threshold))
+        figs.lengths(ln.instructions, ln.inputs, ln.outputs_with_input, ln.outputs_without_input)
+    if found.ratings:
+        figs.ratings(found.ratings)
+    return figs
 
+
+def _write_files(
+    out: Path, stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
+) -> tuple[Path, Path]:
+    """Write the page and stats.json (the figures are written as they are drawn)."""
     page = out / HTML_FILE
     write_atomic(page, _render(stats, figs, samples))
     stats_file = out / STATS_FILE
     write_atomic(stats_file, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-    say(f"wrote {page}")
-    return ReportResult(out, page, stats_file, dict(figs.saved), stats, method, warnings)
+    return page, stats_file
 
 
 def _method_note(method: str) -> str:
