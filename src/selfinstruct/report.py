@@ -667,20 +667,7 @@ class _Figures:
             total = sum(c for _, c, _ in top)
             cmap = plt.get_cmap("tab20")
             inner_colors = [cmap(i % 20) for i in range(len(top))]
-            outer_sizes: list[int] = []
-            outer_colors: list[Any] = []
-            outer_labels: list[str] = []
-            for i, (_, count, objs) in enumerate(top):
-                base = np.asarray(inner_colors[i])
-                for n, k in objs:
-                    outer_sizes.append(k)
-                    outer_colors.append(tuple(0.55 * base + 0.45))  # a lighter shade
-                    outer_labels.append(n)
-                rest = count - sum(k for _, k in objs)
-                if rest > 0:
-                    outer_sizes.append(rest)
-                    outer_colors.append((1, 1, 1, 0))  # the verb's other objects: blank
-                    outer_labels.append("")
+            outer_sizes, outer_colors, outer_labels = self._outer_ring(top, inner_colors)
             kw = {"startangle": 90, "counterclock": False}
             ax.pie(
                 [c for _, c, _ in top],
@@ -705,6 +692,28 @@ class _Figures:
                 pad=4,
             )
             self.save("fig2_verbs", fig)
+
+    @staticmethod
+    def _outer_ring(
+        top: list[tuple[str, int, list[tuple[str, int]]]], inner_colors: list[Any]
+    ) -> tuple[list[int], list[Any], list[str]]:
+        """Sizes, colours and labels of the outer ring: each verb's top objects in a lighter
+        shade of the verb's colour, then a blank wedge for its other objects."""
+        sizes: list[int] = []
+        colors: list[Any] = []
+        labels: list[str] = []
+        for i, (_, count, objs) in enumerate(top):
+            base = np.asarray(inner_colors[i])
+            for n, k in objs:
+                sizes.append(k)
+                colors.append(tuple(0.55 * base + 0.45))  # a lighter shade
+                labels.append(n)
+            rest = count - sum(k for _, k in objs)
+            if rest > 0:
+                sizes.append(rest)
+                colors.append((1, 1, 1, 0))  # the verb's other objects: blank
+                labels.append("")
+        return sizes, colors, labels
 
     @staticmethod
     def _ring_labels(
@@ -795,43 +804,54 @@ class _Figures:
     def ratings(self, sources: dict[str, dict[str, Any]]) -> None:
         plt = self.plt
         questions = [*QUESTIONS, "all_fields_valid"]
-
-        def share_yes(s: dict[str, Any], q: str) -> float | None:
-            answered = s["questions"].get(q) or s.get(q)
-            return None if not answered else answered["share_yes"]
-
-        answered = {n: s for n, s in sources.items() if any(share_yes(s, q) for q in questions)}
+        answered = {n: s for n, s in sources.items() if any(_share_yes(s, q) for q in questions)}
         with plt.rc_context(self.rc):
             ncols = 2 if answered else 1
             fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.8), squeeze=False)
             colors = {name: c for name, c in zip(sources, ("#4878a8", "#d1884c"), strict=False)}
-            ax = axes[0][0]
-            width = 0.8 / len(sources)
-            for i, (name, s) in enumerate(sources.items()):
-                x = np.arange(len(RATINGS)) + (i - (len(sources) - 1) / 2) * width
-                shares = [100 * (s["shares"][g] or 0) for g in RATINGS]
-                ax.bar(x, shares, width, label=f"{name} ({s['rated']:,} rated)", color=colors[name])
-            ax.set_xticks(
-                range(len(RATINGS)),
-                [f"{g}\n" + "\n".join(textwrap.wrap(RATING_MEANING[g], 16)) for g in RATINGS],
-            )
-            ax.tick_params(axis="x", labelsize=8)
-            ax.set_ylabel("% of rated examples")
-            ax.legend(frameon=False)
+            self._rating_bars(axes[0][0], sources, colors)
             if answered:
-                ax = axes[0][1]
-                width = 0.8 / len(answered)
-                for i, (name, s) in enumerate(answered.items()):
-                    x = np.arange(len(questions)) + (i - (len(answered) - 1) / 2) * width
-                    y = [100 * (share_yes(s, q) or 0) for q in questions]
-                    ax.bar(x, y, width, label=name, color=colors[name])
-                labels = ["valid\ninstruction", "input\nfits", "output\ncorrect", "all three"]
-                ax.set_xticks(range(len(questions)), labels)
-                ax.set_ylabel("% yes (of the answered)")
-                ax.set_ylim(0, 100)
-                ax.legend(frameon=False)
+                self._question_bars(axes[0][1], answered, colors, questions)
             fig.tight_layout()
             self.save("fig5_ratings", fig)
+
+    @staticmethod
+    def _rating_bars(ax: Any, sources: dict[str, dict[str, Any]], colors: dict[str, Any]) -> None:
+        """The share of each rating, one bar per source."""
+        width = 0.8 / len(sources)
+        for i, (name, s) in enumerate(sources.items()):
+            x = np.arange(len(RATINGS)) + (i - (len(sources) - 1) / 2) * width
+            shares = [100 * (s["shares"][g] or 0) for g in RATINGS]
+            ax.bar(x, shares, width, label=f"{name} ({s['rated']:,} rated)", color=colors[name])
+        ax.set_xticks(
+            range(len(RATINGS)),
+            [f"{g}\n" + "\n".join(textwrap.wrap(RATING_MEANING[g], 16)) for g in RATINGS],
+        )
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_ylabel("% of rated examples")
+        ax.legend(frameon=False)
+
+    @staticmethod
+    def _question_bars(
+        ax: Any, answered: dict[str, dict[str, Any]], colors: dict[str, Any], questions: list[str]
+    ) -> None:
+        """The share of yes to each question, one bar per source that answered any."""
+        width = 0.8 / len(answered)
+        for i, (name, s) in enumerate(answered.items()):
+            x = np.arange(len(questions)) + (i - (len(answered) - 1) / 2) * width
+            y = [100 * (_share_yes(s, q) or 0) for q in questions]
+            ax.bar(x, y, width, label=name, color=colors[name])
+        labels = ["valid\ninstruction", "input\nfits", "output\ncorrect", "all three"]
+        ax.set_xticks(range(len(questions)), labels)
+        ax.set_ylabel("% yes (of the answered)")
+        ax.set_ylim(0, 100)
+        ax.legend(frameon=False)
+
+
+def _share_yes(source: dict[str, Any], question: str) -> float | None:
+    """A rating source's share of yes to a question, None where none was answered."""
+    answered = source["questions"].get(question) or source.get(question)
+    return None if not answered else answered["share_yes"]
 
 
 # --------------------------------------------------------------------------------------------
