@@ -152,7 +152,7 @@ def _last_per_key(path: Path, warn: Progress) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _read_run(rf: RunFolder, warn: Progress) -> _Run:
+def _check_run_folder(rf: RunFolder) -> None:
     if not rf.path.exists():
         raise ConfigError(f"{rf.path}: no such run folder")
     if not rf.path.is_dir():
@@ -162,52 +162,69 @@ def _read_run(rf: RunFolder, warn: Progress) -> _Run:
             f"{rf.path}: no step files ({rf.instructions.name}, {rf.all_instances.parent.name}/"
             f"{rf.all_instances.name}, ...); run 'selfinstruct run --out {rf.path}' first"
         )
-    run_json = _read_run_json(rf)
 
-    instructions = None
-    if rf.instructions.exists():
-        instructions = rf.read_instructions(warn=warn)
-        _check_not_empty(rf.instructions, instructions)
 
+def _read_instructions(rf: RunFolder, warn: Progress) -> list[dict[str, Any]] | None:
+    if not rf.instructions.exists():
+        return None
+    instructions = rf.read_instructions(warn=warn)
+    _check_not_empty(rf.instructions, instructions)
+    return instructions
+
+
+def _read_labels(
+    rf: RunFolder, run_json: dict[str, Any] | None, warn: Progress
+) -> tuple[dict[str, bool] | None, Path | None]:
+    """Step 2's labels from the file `_choose_labels_file` picks, and that file."""
     labels_file = _choose_labels_file(rf, run_json)
-    labels = None
-    if labels_file is not None:
-        labels = rf.read_labels([labels_file], warn=warn)
-        _check_not_empty(labels_file, labels)
+    if labels_file is None:
+        return None, None
+    labels = rf.read_labels([labels_file], warn=warn)
+    _check_not_empty(labels_file, labels)
+    return labels, labels_file
 
-    instance_tasks = None
-    if rf.instances.exists():
-        seen = {
-            r["instruction"]
-            for r in iter_jsonl(rf.instances, warn=warn)
-            if isinstance(r.get("instruction"), str)
-        }
-        _check_not_empty(rf.instances, seen)
-        instance_tasks = len(seen)
 
-    examples = None
-    if rf.all_instances.exists():
-        examples = []
-        for number, r in enumerate(rf.read_examples(warn=warn), start=1):
-            if not isinstance(r.get("instruction"), str):
-                raise DataFileError(f"{rf.all_instances}:{number}: missing field 'instruction'")
-            examples.append(r)
-        _check_not_empty(rf.all_instances, examples)
+def _count_instance_tasks(rf: RunFolder, warn: Progress) -> int | None:
+    if not rf.instances.exists():
+        return None
+    seen = {
+        r["instruction"]
+        for r in iter_jsonl(rf.instances, warn=warn)
+        if isinstance(r.get("instruction"), str)
+    }
+    _check_not_empty(rf.instances, seen)
+    return len(seen)
 
-    rejected = list(iter_jsonl(rf.rejected, warn=warn)) if rf.rejected.exists() else None
-    judgments = _last_per_key(rf.judgments, warn) if rf.judgments.exists() else None
-    reviews = _last_per_key(rf.reviews, warn) if rf.reviews.exists() else None
+
+def _read_examples(rf: RunFolder, warn: Progress) -> list[dict[str, Any]] | None:
+    if not rf.all_instances.exists():
+        return None
+    examples = []
+    for number, r in enumerate(rf.read_examples(warn=warn), start=1):
+        if not isinstance(r.get("instruction"), str):
+            raise DataFileError(f"{rf.all_instances}:{number}: missing field 'instruction'")
+        examples.append(r)
+    _check_not_empty(rf.all_instances, examples)
+    return examples
+
+
+def _read_run(rf: RunFolder, warn: Progress) -> _Run:
+    """Every step file of the run, read in the steps' order (so are the warnings)."""
+    _check_run_folder(rf)
+    run_json = _read_run_json(rf)
+    instructions = _read_instructions(rf, warn)
+    labels, labels_file = _read_labels(rf, run_json, warn)
     return _Run(
         rf,
         run_json,
         instructions,
         labels,
         labels_file,
-        instance_tasks,
-        examples,
-        rejected,
-        judgments,
-        reviews,
+        _count_instance_tasks(rf, warn),
+        _read_examples(rf, warn),
+        list(iter_jsonl(rf.rejected, warn=warn)) if rf.rejected.exists() else None,
+        _last_per_key(rf.judgments, warn) if rf.judgments.exists() else None,
+        _last_per_key(rf.reviews, warn) if rf.reviews.exists() else None,
     )
 
 
@@ -473,6 +490,138 @@ def _rating_stats(records: dict[str, dict[str, Any]], keys: set[str] | None) -> 
     return out
 
 
+@dataclass
+class _Similarity:
+    """Figure 3's numbers: each instruction's highest ROUGE-L to the seeds and to the pool."""
+
+    seed_tasks: int
+    seed_source: str
+    threshold: float
+    to_seeds: np.ndarray
+    to_pool: np.ndarray  # the instructions whose score is known (no NaN)
+    lacking: int  # instructions without step 1's most_similar
+    computed: int  # of those, how many were scored here
+
+    def stats(self) -> dict[str, Any]:
+        bins = np.linspace(0, 1, 21)
+        return {
+            "seed_tasks": self.seed_tasks,
+            "seed_source": self.seed_source,
+            "threshold": self.threshold,
+            "pool_lacking_most_similar": self.lacking,
+            "pool_computed": self.computed,
+            "to_seeds": _summary(self.to_seeds),
+            "to_pool": _summary(self.to_pool),
+            "hist_to_seeds": _histogram(self.to_seeds, bins),
+            "hist_to_pool": _histogram(self.to_pool, bins),
+        }
+
+
+def _similarity(
+    data: _Run,
+    texts: list[str],
+    seed_tasks: str | Path | None,
+    progress: Progress,
+    *,
+    pool_sample: int,
+    seed: int,
+) -> _Similarity:
+    progress("scoring ROUGE-L to the seed tasks")
+    seeds, seed_source = _seed_instructions(data.run_json, seed_tasks)
+    to_seeds = _max_to(seeds, texts)
+    to_pool, lacking, computed = _pool_scores(
+        texts, data.instructions, seeds, progress, limit=pool_sample, seed=seed
+    )
+    threshold = _similarity_threshold(data.run_json or {})
+    known = to_pool[~np.isnan(to_pool)]
+    return _Similarity(len(seeds), seed_source, threshold, to_seeds, known, lacking, computed)
+
+
+def _similarity_threshold(run_json: dict[str, Any]) -> float:
+    """Step 1's threshold in run.json's config, else the default."""
+    threshold = (
+        (run_json.get("config") or {})
+        .get("instructions", {})
+        .get("similarity_threshold", DEFAULT_THRESHOLD)
+    )
+    return threshold if isinstance(threshold, int | float) else DEFAULT_THRESHOLD
+
+
+@dataclass
+class _Lengths:
+    """Figure 4's numbers: the words in each instruction, non-empty input and output."""
+
+    instructions: list[int]
+    inputs: list[int]  # the non-empty ones
+    outputs_with_input: list[int]
+    outputs_without_input: list[int]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "instructions": _summary(self.instructions),
+            "non_empty_inputs": _summary(self.inputs),
+            "outputs_with_input": _summary(self.outputs_with_input),
+            "outputs_without_input": _summary(self.outputs_without_input),
+        }
+
+
+def _lengths(texts: list[str], examples: list[dict[str, Any]]) -> _Lengths:
+    instr_len = [_words(x) for x in texts]
+    inputs = [str(r.get("input") or "") for r in examples]
+    input_len = [_words(x) for x in inputs if x.strip()]
+    out_with = [_words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if x.strip()]
+    out_without = [
+        _words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if not x.strip()
+    ]
+    return _Lengths(instr_len, input_len, out_with, out_without)
+
+
+def _ratings(data: _Run) -> dict[str, Any]:
+    """The statistics of the LLM judge's and the person's ratings, where they exist."""
+    keys = {
+        example_key(str(r["instruction"]), str(r.get("input") or ""), str(r.get("output") or ""))
+        for r in data.examples
+    } if data.examples is not None else None  # fmt: skip
+    ratings = {}
+    if data.judgments is not None:
+        ratings["LLM judge"] = _rating_stats(data.judgments, keys)
+    if data.reviews is not None:
+        ratings["person"] = _rating_stats(data.reviews, keys)
+    return ratings
+
+
+def _rejected_stats(rejected: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    if rejected is None:
+        return None
+    reasons = Counter(str(r.get("reason") or "unknown") for r in rejected)
+    return {"total": len(rejected), "reasons": dict(reasons.most_common())}
+
+
+def _draw_samples(
+    examples: list[dict[str, Any]], texts: list[str], rows: int, seed: int
+) -> list[dict[str, Any]]:
+    """``rows`` examples drawn with ``random.Random(seed)``; instructions alone where the run
+    has no examples."""
+    rng = random.Random(seed)
+    samples = rng.sample(examples, min(rows, len(examples))) if examples else []
+    if not samples and rows and not examples:
+        samples = [{"instruction": t} for t in rng.sample(texts, min(rows, len(texts)))]
+    return samples
+
+
+def _run_header(rf: RunFolder, run_json: dict[str, Any]) -> dict[str, Any]:
+    """The run's folder, name, model, token usage and cost."""
+    model = run_json.get("model") or {}
+    model_name = f"{model.get('backend', '')}:{model.get('name', '')}" if model else None
+    return {
+        "path": str(rf.path),
+        "name": rf.path.resolve().name,
+        "model": model_name,
+        "usage": _numbers(run_json.get("usage")),
+        "cost_usd": run_json.get("cost_usd"),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Figures
 
@@ -518,20 +667,7 @@ class _Figures:
             total = sum(c for _, c, _ in top)
             cmap = plt.get_cmap("tab20")
             inner_colors = [cmap(i % 20) for i in range(len(top))]
-            outer_sizes: list[int] = []
-            outer_colors: list[Any] = []
-            outer_labels: list[str] = []
-            for i, (_, count, objs) in enumerate(top):
-                base = np.asarray(inner_colors[i])
-                for n, k in objs:
-                    outer_sizes.append(k)
-                    outer_colors.append(tuple(0.55 * base + 0.45))  # a lighter shade
-                    outer_labels.append(n)
-                rest = count - sum(k for _, k in objs)
-                if rest > 0:
-                    outer_sizes.append(rest)
-                    outer_colors.append((1, 1, 1, 0))  # the verb's other objects: blank
-                    outer_labels.append("")
+            outer_sizes, outer_colors, outer_labels = self._outer_ring(top, inner_colors)
             kw = {"startangle": 90, "counterclock": False}
             ax.pie(
                 [c for _, c, _ in top],
@@ -556,6 +692,28 @@ class _Figures:
                 pad=4,
             )
             self.save("fig2_verbs", fig)
+
+    @staticmethod
+    def _outer_ring(
+        top: list[tuple[str, int, list[tuple[str, int]]]], inner_colors: list[Any]
+    ) -> tuple[list[int], list[Any], list[str]]:
+        """Sizes, colours and labels of the outer ring: each verb's top objects in a lighter
+        shade of the verb's colour, then a blank wedge for its other objects."""
+        sizes: list[int] = []
+        colors: list[Any] = []
+        labels: list[str] = []
+        for i, (_, count, objs) in enumerate(top):
+            base = np.asarray(inner_colors[i])
+            for n, k in objs:
+                sizes.append(k)
+                colors.append(tuple(0.55 * base + 0.45))  # a lighter shade
+                labels.append(n)
+            rest = count - sum(k for _, k in objs)
+            if rest > 0:
+                sizes.append(rest)
+                colors.append((1, 1, 1, 0))  # the verb's other objects: blank
+                labels.append("")
+        return sizes, colors, labels
 
     @staticmethod
     def _ring_labels(
@@ -646,43 +804,54 @@ class _Figures:
     def ratings(self, sources: dict[str, dict[str, Any]]) -> None:
         plt = self.plt
         questions = [*QUESTIONS, "all_fields_valid"]
-
-        def share_yes(s: dict[str, Any], q: str) -> float | None:
-            answered = s["questions"].get(q) or s.get(q)
-            return None if not answered else answered["share_yes"]
-
-        answered = {n: s for n, s in sources.items() if any(share_yes(s, q) for q in questions)}
+        answered = {n: s for n, s in sources.items() if any(_share_yes(s, q) for q in questions)}
         with plt.rc_context(self.rc):
             ncols = 2 if answered else 1
             fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.8), squeeze=False)
             colors = {name: c for name, c in zip(sources, ("#4878a8", "#d1884c"), strict=False)}
-            ax = axes[0][0]
-            width = 0.8 / len(sources)
-            for i, (name, s) in enumerate(sources.items()):
-                x = np.arange(len(RATINGS)) + (i - (len(sources) - 1) / 2) * width
-                shares = [100 * (s["shares"][g] or 0) for g in RATINGS]
-                ax.bar(x, shares, width, label=f"{name} ({s['rated']:,} rated)", color=colors[name])
-            ax.set_xticks(
-                range(len(RATINGS)),
-                [f"{g}\n" + "\n".join(textwrap.wrap(RATING_MEANING[g], 16)) for g in RATINGS],
-            )
-            ax.tick_params(axis="x", labelsize=8)
-            ax.set_ylabel("% of rated examples")
-            ax.legend(frameon=False)
+            self._rating_bars(axes[0][0], sources, colors)
             if answered:
-                ax = axes[0][1]
-                width = 0.8 / len(answered)
-                for i, (name, s) in enumerate(answered.items()):
-                    x = np.arange(len(questions)) + (i - (len(answered) - 1) / 2) * width
-                    y = [100 * (share_yes(s, q) or 0) for q in questions]
-                    ax.bar(x, y, width, label=name, color=colors[name])
-                labels = ["valid\ninstruction", "input\nfits", "output\ncorrect", "all three"]
-                ax.set_xticks(range(len(questions)), labels)
-                ax.set_ylabel("% yes (of the answered)")
-                ax.set_ylim(0, 100)
-                ax.legend(frameon=False)
+                self._question_bars(axes[0][1], answered, colors, questions)
             fig.tight_layout()
             self.save("fig5_ratings", fig)
+
+    @staticmethod
+    def _rating_bars(ax: Any, sources: dict[str, dict[str, Any]], colors: dict[str, Any]) -> None:
+        """The share of each rating, one bar per source."""
+        width = 0.8 / len(sources)
+        for i, (name, s) in enumerate(sources.items()):
+            x = np.arange(len(RATINGS)) + (i - (len(sources) - 1) / 2) * width
+            shares = [100 * (s["shares"][g] or 0) for g in RATINGS]
+            ax.bar(x, shares, width, label=f"{name} ({s['rated']:,} rated)", color=colors[name])
+        ax.set_xticks(
+            range(len(RATINGS)),
+            [f"{g}\n" + "\n".join(textwrap.wrap(RATING_MEANING[g], 16)) for g in RATINGS],
+        )
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_ylabel("% of rated examples")
+        ax.legend(frameon=False)
+
+    @staticmethod
+    def _question_bars(
+        ax: Any, answered: dict[str, dict[str, Any]], colors: dict[str, Any], questions: list[str]
+    ) -> None:
+        """The share of yes to each question, one bar per source that answered any."""
+        width = 0.8 / len(answered)
+        for i, (name, s) in enumerate(answered.items()):
+            x = np.arange(len(questions)) + (i - (len(answered) - 1) / 2) * width
+            y = [100 * (_share_yes(s, q) or 0) for q in questions]
+            ax.bar(x, y, width, label=name, color=colors[name])
+        labels = ["valid\ninstruction", "input\nfits", "output\ncorrect", "all three"]
+        ax.set_xticks(range(len(questions)), labels)
+        ax.set_ylabel("% yes (of the answered)")
+        ax.set_ylim(0, 100)
+        ax.legend(frameon=False)
+
+
+def _share_yes(source: dict[str, Any], question: str) -> float | None:
+    """A rating source's share of yes to a question, None where none was answered."""
+    answered = source["questions"].get(question) or source.get(question)
+    return None if not answered else answered["share_yes"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -756,9 +925,28 @@ def _label(key: str) -> str:
 
 
 def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]) -> str:
-    s = stats
-    parts: list[str] = []
-    add = parts.append
+    parts = [
+        *_header(stats),
+        *_counts_section(stats),
+        *_table1_section(stats["table1"]),
+        *_verbs_section(stats, figs),
+        *_rouge_section(stats["rouge"], figs),
+        *_lengths_section(stats["lengths"], figs),
+        *_ratings_section(stats.get("ratings"), figs),
+        *_rejected_section(stats.get("rejected")),
+        *_samples_section(samples, stats["seed"]),
+    ]
+    body = "\n".join(p for p in parts if p)
+    title = _e(f"selfinstruct report: {stats['run']['name']}")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{title}</title><style>{_CSS}</style></head>"
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def _nav_sections(s: dict[str, Any]) -> list[tuple[str, str]]:
     sections = [
         ("counts", "Counts per step"),
         ("table1", "Statistics"),
@@ -771,45 +959,61 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
     if s.get("rejected") is not None:
         sections.append(("rejected", "Rejected"))
     sections.append(("samples", "Samples"))
-    add(f"<h1>Self-Instruct run report: {_e(s['run']['name'])}</h1>")
+    return sections
+
+
+def _header(s: dict[str, Any]) -> list[str]:
+    """The title, the run's folder, model and date, the links to the sections, the warnings."""
     meta = [f"run folder <code>{_e(s['run']['path'])}</code>"]
     model = s["run"].get("model")
     if model:
         meta.append(f"model <code>{_e(model)}</code>")
     meta.append(f"report written {_e(s['generated_at'])}")
-    add('<p class="meta">' + " \u00b7 ".join(meta) + "</p>")
-    add("<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in sections) + "</nav>")
-    for w in s["warnings"]:
-        add(f'<p class="note">Warning: {_e(w)}</p>')
+    links = "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in _nav_sections(s))
+    return [
+        f"<h1>Self-Instruct run report: {_e(s['run']['name'])}</h1>",
+        '<p class="meta">' + " \u00b7 ".join(meta) + "</p>",
+        f"<nav>{links}</nav>",
+        *[f'<p class="note">Warning: {_e(w)}</p>' for w in s["warnings"]],
+    ]
 
-    # Counts
-    add('<h2 id="counts">Counts per step</h2>')
+
+def _counts_section(s: dict[str, Any]) -> list[str]:
+    parts = ['<h2 id="counts">Counts per step</h2>']
     steps = s.get("steps_run_json")
     if steps:
-        add("<p>From <code>run.json</code> (counts of the last invocation of each step; drops"
-            " and token usage added up over all invocations).</p>")  # fmt: skip
-        for name, step in steps.items():
-            rows: list[list[Any]] = [[_label(k), v] for k, v in step["counts"].items()]
-            rows += [[f"dropped: {_label(k)}", v] for k, v in step["dropped"].items()]
-            rows += [[f"usage: {_label(k)}", v] for k, v in step["usage"].items()]
-            if step.get("complete") is not None:
-                rows.append(["complete", step["complete"]])
-            add(f"<h3>{_e(name)}</h3>" + _table(["what", "count"], rows))
-        usage = s["run"].get("usage")
-        if usage:
-            rows = [[_label(k), v] for k, v in usage.items()]
-            if s["run"].get("cost_usd") is not None:
-                rows.append(["cost (USD)", s["run"]["cost_usd"]])
-            add("<h3>whole run</h3>" + _table(["what", "count"], rows))
+        parts += _run_json_counts(steps, s["run"])
     else:
-        add('<p class="note">No <code>run.json</code>: the counts below come from the files.</p>')
-    add("<h3>In the files</h3>")
+        parts.append(
+            '<p class="note">No <code>run.json</code>: the counts below come from the files.</p>'
+        )
+    parts.append("<h3>In the files</h3>")
     rows = [[f, _label(k), v] for f, c in s["file_counts"].items() for k, v in c.items()]
-    add(_table(["file", "what", "count"], rows))
+    parts.append(_table(["file", "what", "count"], rows))
+    return parts
 
-    # Table 1
-    t = s["table1"]
-    add('<h2 id="table1">Statistics (the paper\'s Table 1)</h2>')
+
+def _run_json_counts(steps: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """One table per step of run.json, then one of the whole run's usage."""
+    parts = ["<p>From <code>run.json</code> (counts of the last invocation of each step; drops"
+             " and token usage added up over all invocations).</p>"]  # fmt: skip
+    for name, step in steps.items():
+        rows: list[list[Any]] = [[_label(k), v] for k, v in step["counts"].items()]
+        rows += [[f"dropped: {_label(k)}", v] for k, v in step["dropped"].items()]
+        rows += [[f"usage: {_label(k)}", v] for k, v in step["usage"].items()]
+        if step.get("complete") is not None:
+            rows.append(["complete", step["complete"]])
+        parts.append(f"<h3>{_e(name)}</h3>" + _table(["what", "count"], rows))
+    usage = run.get("usage")
+    if usage:
+        rows = [[_label(k), v] for k, v in usage.items()]
+        if run.get("cost_usd") is not None:
+            rows.append(["cost (USD)", run["cost_usd"]])
+        parts.append("<h3>whole run</h3>" + _table(["what", "count"], rows))
+    return parts
+
+
+def _table1_section(t: dict[str, Any]) -> list[str]:
     rows = [["instructions", t["instructions"]]]
     if "labelled_instructions" in t:
         rows += [
@@ -831,21 +1035,26 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
     ):
         if key in t:
             rows.append([what, round(t[key], 1)])
-    add(_table(["statistic", "value"], rows))
+    parts = ['<h2 id="table1">Statistics (the paper\'s Table 1)</h2>']
+    parts.append(_table(["statistic", "value"], rows))
     if "labelled_instructions" not in t:
-        add('<p class="note">No step-2 file: the share of classification tasks is unknown.</p>')
+        parts.append(
+            '<p class="note">No step-2 file: the share of classification tasks is unknown.</p>'
+        )
+    return parts
 
-    # Figure 2
-    v = s["verbs"]
-    add('<h2 id="verbs">Root verbs and their direct noun objects (the paper\'s Figure 2)</h2>')
-    add(
+
+def _verbs_section(s: dict[str, Any], figs: _Figures) -> list[str]:
+    v, note = s["verbs"], s["verbs_method_note"]
+    parts = [
+        '<h2 id="verbs">Root verbs and their direct noun objects (the paper\'s Figure 2)</h2>',
         f"<p>{_fmt(v['with_verb_noun'])} of {_fmt(v['instructions'])} instructions"
         f" (<b>{_pct(v['share'])}</b>) have a root verb with a direct noun object;"
         f" {_fmt(v['distinct_verbs'])} distinct verbs, {_fmt(v['distinct_pairs'])} distinct"
-        f" verb\u2013object pairs.</p>"
-    )
-    add(f'<p class="note">Method: <code>{_e(v["method"])}</code>. {_e(s["verbs_method_note"])}</p>')
-    add(_img(figs, "fig2_verbs", "Sunburst of root verbs and their direct noun objects"))
+        f" verb\u2013object pairs.</p>",
+        f'<p class="note">Method: <code>{_e(v["method"])}</code>. {_e(note)}</p>',
+        _img(figs, "fig2_verbs", "Sunburst of root verbs and their direct noun objects"),
+    ]
     if v["top"]:
         rows = [
             [
@@ -855,29 +1064,20 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
             ]
             for x in v["top"]
         ]
-        add(_table(["verb", "instructions", f"top {TOP_NOUNS} objects"], rows))
+        parts.append(_table(["verb", "instructions", f"top {TOP_NOUNS} objects"], rows))
+    return parts
 
-    # Figure 3
-    r = s["rouge"]
-    add('<h2 id="rouge">ROUGE-L to the seed tasks and to the pool (the paper\'s Figure 3)</h2>')
-    add(
+
+def _rouge_section(r: dict[str, Any], figs: _Figures) -> list[str]:
+    parts = [
+        '<h2 id="rouge">ROUGE-L to the seed tasks and to the pool (the paper\'s Figure 3)</h2>',
         f"<p>Highest ROUGE-L F1 of each instruction to the {_fmt(r['seed_tasks'])} seed tasks"
         f" ({_e(r['seed_source'])}), and to the seed tasks plus the instructions accepted"
         " before it (the best score in step 1's <code>most_similar</code>)."
-        f" Dashed line: the step-1 threshold {_fmt(r['threshold'])}.</p>"
-    )
+        f" Dashed line: the step-1 threshold {_fmt(r['threshold'])}.</p>",
+    ]
     if r["pool_lacking_most_similar"]:
-        lacking, computed = r["pool_lacking_most_similar"], r["pool_computed"]
-        how = (
-            "computed here for all of them"
-            if computed == lacking
-            else f"computed here for a random sample of {_fmt(computed)} of them only, and the"
-            " right-hand histogram counts that sample in their place"
-        )
-        add(
-            f'<p class="note">{_fmt(lacking)} instructions have no <code>most_similar</code>:'
-            f" their score to the pool was {how}.</p>"
-        )
+        parts.append(_pool_note(r["pool_lacking_most_similar"], r["pool_computed"]))
     rows = [
         [what, *[r[key][k] for k in ("mean", "median", "p90", "max")]]
         for what, key in (
@@ -887,77 +1087,101 @@ def _render(stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
         if r[key]
     ]
     if rows:
-        add(_table(["highest ROUGE-L", "mean", "median", "90th pct", "max"], rows))
-    add(_img(figs, "fig3_rouge", "Histograms of the highest ROUGE-L per instruction"))
+        parts.append(_table(["highest ROUGE-L", "mean", "median", "90th pct", "max"], rows))
+    parts.append(_img(figs, "fig3_rouge", "Histograms of the highest ROUGE-L per instruction"))
+    return parts
 
-    # Figure 4
-    ln = s["lengths"]
-    add('<h2 id="lengths">Lengths of instructions, inputs and outputs (the paper\'s Figure 4)</h2>')
+
+def _pool_note(lacking: int, computed: int) -> str:
+    """How the score to the pool was found for the instructions without ``most_similar``."""
+    how = (
+        "computed here for all of them"
+        if computed == lacking
+        else f"computed here for a random sample of {_fmt(computed)} of them only, and the"
+        " right-hand histogram counts that sample in their place"
+    )
+    return (
+        f'<p class="note">{_fmt(lacking)} instructions have no <code>most_similar</code>:'
+        f" their score to the pool was {how}.</p>"
+    )
+
+
+def _lengths_section(ln: dict[str, Any], figs: _Figures) -> list[str]:
     rows = [
         [_label(k), x["n"], x["mean"], x["median"], x["p90"], x["max"]]
         for k, x in ln.items()
         if x is not None
     ]
-    add(_table(["words in", "n", "mean", "median", "90th pct", "max"], rows))
-    add(_img(figs, "fig4_lengths", "Histograms of instruction, input and output lengths"))
+    return [
+        '<h2 id="lengths">Lengths of instructions, inputs and outputs (the paper\'s Figure 4)</h2>',
+        _table(["words in", "n", "mean", "median", "90th pct", "max"], rows),
+        _img(figs, "fig4_lengths", "Histograms of instruction, input and output lengths"),
+    ]
 
-    # Ratings
-    if s.get("ratings"):
-        add('<h2 id="ratings">Ratings</h2>')
-        sources = s["ratings"]
-        names = list(sources)
-        rows = []
-        for g in RATINGS:
-            row: list[Any] = [f"{g}: {RATING_MEANING[g]}"]
-            for n in names:
-                row.append(f"{sources[n]['counts'][g]:,} ({_pct(sources[n]['shares'][g])})")
-            rows.append(row)
-        rows.append(["rated", *[sources[n]["rated"] for n in names]])
-        rows.append(["not rated (null)", *[sources[n]["unrated"] for n in names]])
-        if any(sources[n]["invalid_rating"] for n in names):
-            rows.append(["rating not A\u2013D", *[sources[n]["invalid_rating"] for n in names]])
-        if any("still_in_data" in sources[n] for n in names):
-            rows.append(
-                ["examples still in step 4", *[sources[n].get("still_in_data") for n in names]]
-            )
-        add(_table(["rating", *names], rows))
-        rows = []
-        for q, text in [*QUESTIONS.items(), ("all_fields_valid", "All three fields valid")]:
-            row = [text]
-            for n in names:
-                a = sources[n]["questions"].get(q) or sources[n].get(q)
-                row.append(f"{_pct(a['share_yes'])} of {a['answered']:,}" if a else "\u2013")
-            rows.append(row)
-        add(_table(["question (share of yes)", *names], rows))
-        add(_img(figs, "fig5_ratings", "Rating distribution and share of yes per question"))
 
-    # Rejected
-    if s.get("rejected") is not None:
-        rej = s["rejected"]
-        add('<h2 id="rejected">Rejected step-1 candidates</h2>')
-        rows = [[_label(k), n, _pct(_share(n, rej["total"]))] for k, n in rej["reasons"].items()]
-        add(f"<p>{_fmt(rej['total'])} candidates rejected.</p>")
-        add(_table(["reason", "candidates", "share"], rows))
+def _ratings_section(sources: dict[str, Any] | None, figs: _Figures) -> list[str]:
+    if not sources:
+        return []
+    return [
+        '<h2 id="ratings">Ratings</h2>',
+        _ratings_table(sources),
+        _questions_table(sources),
+        _img(figs, "fig5_ratings", "Rating distribution and share of yes per question"),
+    ]
 
-    # Samples
-    add('<h2 id="samples">Sample of examples</h2>')
-    if samples:
-        add(f'<p class="note">{len(samples)} examples drawn at random (seed {s["seed"]}).</p>')
-        rows = [
-            [x.get("instruction", ""), x.get("input", ""), x.get("output", "")] for x in samples
-        ]
-        add(_table(["instruction", "input", "output"], rows, cls="samples"))
-    else:
-        add('<p class="note">No examples to show.</p>')
 
-    body = "\n".join(p for p in parts if p)
-    title = _e(f"selfinstruct report: {s['run']['name']}")
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{title}</title><style>{_CSS}</style></head>"
-        f"<body><main>\n{body}\n</main></body></html>\n"
-    )
+def _ratings_table(sources: dict[str, Any]) -> str:
+    """Count and share of each rating per source (judge, person), then the unrated ones."""
+    names = list(sources)
+    rows = []
+    for g in RATINGS:
+        row: list[Any] = [f"{g}: {RATING_MEANING[g]}"]
+        for n in names:
+            row.append(f"{sources[n]['counts'][g]:,} ({_pct(sources[n]['shares'][g])})")
+        rows.append(row)
+    rows.append(["rated", *[sources[n]["rated"] for n in names]])
+    rows.append(["not rated (null)", *[sources[n]["unrated"] for n in names]])
+    if any(sources[n]["invalid_rating"] for n in names):
+        rows.append(["rating not A\u2013D", *[sources[n]["invalid_rating"] for n in names]])
+    if any("still_in_data" in sources[n] for n in names):
+        rows.append(["examples still in step 4", *[sources[n].get("still_in_data") for n in names]])
+    return _table(["rating", *names], rows)
+
+
+def _questions_table(sources: dict[str, Any]) -> str:
+    """The share of yes to each question per source."""
+    names = list(sources)
+    rows = []
+    for q, text in [*QUESTIONS.items(), ("all_fields_valid", "All three fields valid")]:
+        row = [text]
+        for n in names:
+            a = sources[n]["questions"].get(q) or sources[n].get(q)
+            row.append(f"{_pct(a['share_yes'])} of {a['answered']:,}" if a else "\u2013")
+        rows.append(row)
+    return _table(["question (share of yes)", *names], rows)
+
+
+def _rejected_section(rej: dict[str, Any] | None) -> list[str]:
+    if rej is None:
+        return []
+    rows = [[_label(k), n, _pct(_share(n, rej["total"]))] for k, n in rej["reasons"].items()]
+    return [
+        '<h2 id="rejected">Rejected step-1 candidates</h2>',
+        f"<p>{_fmt(rej['total'])} candidates rejected.</p>",
+        _table(["reason", "candidates", "share"], rows),
+    ]
+
+
+def _samples_section(samples: list[dict[str, Any]], seed: int) -> list[str]:
+    parts = ['<h2 id="samples">Sample of examples</h2>']
+    if not samples:
+        return [*parts, '<p class="note">No examples to show.</p>']
+    rows = [[x.get("instruction", ""), x.get("input", ""), x.get("output", "")] for x in samples]
+    return [
+        *parts,
+        f'<p class="note">{len(samples)} examples drawn at random (seed {seed}).</p>',
+        _table(["instruction", "input", "output"], rows, cls="samples"),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1001,118 +1225,93 @@ def build_report(
     data = _read_run(rf, warn)
     out = Path(out_dir) if out_dir is not None else rf.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    texts = _instruction_texts(data)
-    run_json = data.run_json or {}
-    say(f"read {rf.path}: {len(texts):,} instructions, {len(data.examples or []):,} examples")
+    found = _analyse(
+        data, out, say, parser=parser, seed_tasks=seed_tasks, pool_sample=pool_sample, seed=seed
+    )
+    samples = _draw_samples(data.examples or [], found.texts, sample_rows, seed)
+    stats = _stats(data, found, seed, warnings)
+    figs = _draw_figures(out, found, say)
+    page, stats_file = _write_files(out, stats, figs, samples)
+    say(f"wrote {page}")
+    return ReportResult(out, page, stats_file, dict(figs.saved), stats, found.method, warnings)
 
-    # Figure 2
+
+@dataclass
+class _Analysis:
+    """What the figures are drawn from."""
+
+    texts: list[str]  # the run's instructions
+    method: str  # of the verb/object parse
+    verbs: dict[str, Any]
+    top: list[tuple[str, int, list[tuple[str, int]]]]  # verbs, counts, their top objects
+    similarity: _Similarity
+    lengths: _Lengths
+    ratings: dict[str, Any]
+
+
+def _analyse(
+    data: _Run,
+    out: Path,
+    say: Progress,
+    *,
+    parser: str,
+    seed_tasks: str | Path | None,
+    pool_sample: int,
+    seed: int,
+) -> _Analysis:
+    texts = _instruction_texts(data)
+    say(f"read {data.rf.path}: {len(texts):,} instructions, {len(data.examples or []):,} examples")
     pairs, method = verb_noun_pairs(
         texts, parser=parser, cache=out / PARSE_CACHE_FILE, progress=say
     )
-    verb_stats, top = _verb_stats(texts, pairs, method)
+    verbs, top = _verb_stats(texts, pairs, method)
+    similarity = _similarity(data, texts, seed_tasks, say, pool_sample=pool_sample, seed=seed)
+    lengths = _lengths(texts, data.examples or [])
+    return _Analysis(texts, method, verbs, top, similarity, lengths, _ratings(data))
 
-    # Figure 3
-    say("scoring ROUGE-L to the seed tasks")
-    seeds, seed_source = _seed_instructions(data.run_json, seed_tasks)
-    to_seeds = _max_to(seeds, texts)
-    to_pool, lacking, computed = _pool_scores(
-        texts, data.instructions, seeds, say, limit=pool_sample, seed=seed
-    )
-    to_pool_known = to_pool[~np.isnan(to_pool)]
-    threshold = (
-        (run_json.get("config") or {})
-        .get("instructions", {})
-        .get("similarity_threshold", DEFAULT_THRESHOLD)
-    )
-    if not isinstance(threshold, int | float):
-        threshold = DEFAULT_THRESHOLD
-    bins = np.linspace(0, 1, 21)
 
-    # Figure 4
-    examples = data.examples or []
-    instr_len = [_words(x) for x in texts]
-    inputs = [str(r.get("input") or "") for r in examples]
-    input_len = [_words(x) for x in inputs if x.strip()]
-    out_with = [_words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if x.strip()]
-    out_without = [
-        _words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if not x.strip()
-    ]
-
-    keys = {
-        example_key(str(r["instruction"]), str(r.get("input") or ""), str(r.get("output") or ""))
-        for r in examples
-    } if data.examples is not None else None  # fmt: skip
-    ratings = {}
-    if data.judgments is not None:
-        ratings["LLM judge"] = _rating_stats(data.judgments, keys)
-    if data.reviews is not None:
-        ratings["person"] = _rating_stats(data.reviews, keys)
-
-    rejected = None
-    if data.rejected is not None:
-        reasons = Counter(str(r.get("reason") or "unknown") for r in data.rejected)
-        rejected = {"total": len(data.rejected), "reasons": dict(reasons.most_common())}
-
-    rng = random.Random(seed)
-    samples = rng.sample(examples, min(sample_rows, len(examples))) if examples else []
-    if not samples and sample_rows and not examples:
-        samples = [{"instruction": t} for t in rng.sample(texts, min(sample_rows, len(texts)))]
-
-    model = run_json.get("model") or {}
-    model_name = f"{model.get('backend', '')}:{model.get('name', '')}" if model else None
-    stats: dict[str, Any] = {
-        "run": {
-            "path": str(rf.path),
-            "name": rf.path.resolve().name,
-            "model": model_name,
-            "usage": _numbers(run_json.get("usage")),
-            "cost_usd": run_json.get("cost_usd"),
-        },
+def _stats(data: _Run, found: _Analysis, seed: int, warnings: list[str]) -> dict[str, Any]:
+    """Every number the page shows, in stats.json's order."""
+    return {
+        "run": _run_header(data.rf, data.run_json or {}),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "steps_run_json": _run_json_steps(data.run_json),
         "file_counts": _file_counts(data),
-        "table1": _table1(data, texts),
-        "verbs": verb_stats,
-        "verbs_method_note": _method_note(method),
-        "rouge": {
-            "seed_tasks": len(seeds),
-            "seed_source": seed_source,
-            "threshold": threshold,
-            "pool_lacking_most_similar": lacking,
-            "pool_computed": computed,
-            "to_seeds": _summary(to_seeds),
-            "to_pool": _summary(to_pool_known),
-            "hist_to_seeds": _histogram(to_seeds, bins),
-            "hist_to_pool": _histogram(to_pool_known, bins),
-        },
-        "lengths": {
-            "instructions": _summary(instr_len),
-            "non_empty_inputs": _summary(input_len),
-            "outputs_with_input": _summary(out_with),
-            "outputs_without_input": _summary(out_without),
-        },
-        "ratings": ratings,
-        "rejected": rejected,
-        "warnings": warnings,
+        "table1": _table1(data, found.texts),
+        "verbs": found.verbs,
+        "verbs_method_note": _method_note(found.method),
+        "rouge": found.similarity.stats(),
+        "lengths": found.lengths.stats(),
+        "ratings": found.ratings,
+        "rejected": _rejected_stats(data.rejected),
+        "warnings": warnings,  # the same list: a later warning still shows
     }
 
+
+def _draw_figures(out: Path, found: _Analysis, say: Progress) -> _Figures:
     say("drawing the figures")
     figs = _Figures(out)
-    if top:
-        figs.sunburst(top)
-    if texts:
-        figs.rouge(to_seeds, to_pool_known, float(threshold))
-        figs.lengths(instr_len, input_len, out_with, out_without)
-    if ratings:
-        figs.ratings(ratings)
+    if found.top:
+        figs.sunburst(found.top)
+    if found.texts:
+        sim, ln = found.similarity, found.lengths
+        figs.rouge(sim.to_seeds, sim.to_pool, float(sim.threshold))
+        figs.lengths(ln.instructions, ln.inputs, ln.outputs_with_input, ln.outputs_without_input)
+    if found.ratings:
+        figs.ratings(found.ratings)
+    return figs
 
+
+def _write_files(
+    out: Path, stats: dict[str, Any], figs: _Figures, samples: list[dict[str, Any]]
+) -> tuple[Path, Path]:
+    """Write the page and stats.json (the figures are written as they are drawn)."""
     page = out / HTML_FILE
     write_atomic(page, _render(stats, figs, samples))
     stats_file = out / STATS_FILE
     write_atomic(stats_file, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-    say(f"wrote {page}")
-    return ReportResult(out, page, stats_file, dict(figs.saved), stats, method, warnings)
+    return page, stats_file
 
 
 def _method_note(method: str) -> str:
