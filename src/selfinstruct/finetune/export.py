@@ -299,31 +299,13 @@ def write_full_gguf(
     check_exportable(base)
     if out_type not in FULL_TYPES:
         raise ConfigError(f"--gguf-type must be one of {', '.join(FULL_TYPES)}")
-    qtype = {
-        "f16": gguf.GGMLQuantizationType.F16,
-        "q8_0": gguf.GGMLQuantizationType.Q8_0,
-        "f32": gguf.GGMLQuantizationType.F32,
-    }[out_type]
-    file_type = {
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-        "f32": gguf.LlamaFileType.ALL_F32,
-    }[out_type]
+    qtype, file_type = _gguf_types(out_type)
     n_head, n_kv = _head_counts(base)
-    by_gguf = {}
-    for key, value in state.items():
-        target = hf_to_gguf_name(key)
-        if target is not None:
-            by_gguf[target] = value
+    by_gguf = _by_gguf_name(state)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), base.arch)
-    for key, (vtype, value, sub) in base.kv.items():
-        if key in ("general.architecture", "general.file_type", "general.alignment"):
-            continue
-        if key == "general.name" and name:
-            value = name
-        writer.add_key_value(key, value, gguf.GGUFValueType(vtype), _sub(gguf, sub))
+    _copy_metadata(writer, base, name)
     writer.add_file_type(int(file_type))
     with open(base.path, "rb") as raw:
         for info in base.tensors:
@@ -334,27 +316,80 @@ def write_full_gguf(
                     info.name, data, raw_dtype=gguf.GGMLQuantizationType(info.ggml_type)
                 )
                 continue
-            arr = value.detach().float().cpu().numpy() if hasattr(value, "detach") else value
-            arr = np.asarray(arr, dtype=np.float32)
-            if arr.shape != info.shape:
-                raise ConfigError(
-                    f"tensor {info.name}: trained shape {arr.shape} differs from the base"
-                    f" file's {info.shape}"
-                )
+            arr = _trained_array(value, info)
             if info.name.endswith(".attn_q.weight"):
                 arr = permute_rows(arr, n_head)
             elif info.name.endswith(".attn_k.weight"):
                 arr = permute_rows(arr, n_kv)
-            if arr.ndim < 2 or qtype == gguf.GGMLQuantizationType.F32:
-                writer.add_tensor(info.name, np.ascontiguousarray(arr))
-            elif qtype == gguf.GGMLQuantizationType.F16:
-                writer.add_tensor(info.name, arr.astype(np.float16))
-            else:
-                data = gguf.quants.quantize(arr, qtype)
-                writer.add_tensor(info.name, data, raw_dtype=qtype)
+            _add_at_type(writer, info.name, arr, qtype)
     _finish(writer)
     tmp.replace(path)
     return len(base.tensors)
+
+
+def _gguf_types(out_type: str) -> tuple[Any, Any]:
+    """gguf's (tensor type, file type) for f16, q8_0 or f32."""
+    import gguf
+
+    qtype = {
+        "f16": gguf.GGMLQuantizationType.F16,
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+        "f32": gguf.GGMLQuantizationType.F32,
+    }[out_type]
+    file_type = {
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "f32": gguf.LlamaFileType.ALL_F32,
+    }[out_type]
+    return qtype, file_type
+
+
+def _by_gguf_name(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The tensors of a transformers state dict under their GGUF names; others left out."""
+    by_gguf = {}
+    for key, value in state.items():
+        target = hf_to_gguf_name(key)
+        if target is not None:
+            by_gguf[target] = value
+    return by_gguf
+
+
+def _copy_metadata(writer: Any, base: GGUFHeader, name: str | None) -> None:
+    """The base file's key/values, less those the writer sets itself; `name` replaces
+    general.name when given."""
+    import gguf
+
+    for key, (vtype, value, sub) in base.kv.items():
+        if key in ("general.architecture", "general.file_type", "general.alignment"):
+            continue
+        if key == "general.name" and name:
+            value = name
+        writer.add_key_value(key, value, gguf.GGUFValueType(vtype), _sub(gguf, sub))
+
+
+def _trained_array(value: Any, info: TensorInfo) -> np.ndarray:
+    """A trained tensor (torch or numpy) as float32 numpy, checked against the base's shape."""
+    arr = value.detach().float().cpu().numpy() if hasattr(value, "detach") else value
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.shape != info.shape:
+        raise ConfigError(
+            f"tensor {info.name}: trained shape {arr.shape} differs from the base"
+            f" file's {info.shape}"
+        )
+    return arr
+
+
+def _add_at_type(writer: Any, name: str, arr: np.ndarray, qtype: Any) -> None:
+    """Vectors at f32, matrices at `qtype` (F32, F16 or Q8_0)."""
+    import gguf
+
+    if arr.ndim < 2 or qtype == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor(name, np.ascontiguousarray(arr))
+    elif qtype == gguf.GGMLQuantizationType.F16:
+        writer.add_tensor(name, arr.astype(np.float16))
+    else:
+        data = gguf.quants.quantize(arr, qtype)
+        writer.add_tensor(name, data, raw_dtype=qtype)
 
 
 def _sub(gguf: Any, sub: int | None) -> Any:

@@ -371,6 +371,7 @@ class ThreadTuner:
 
     def __init__(self, torch: Any, max_threads: int, *, fixed: bool, probe_every: int = 50):
         self.torch = torch
+        self.max_threads = max_threads
         self.choices = [max_threads] if fixed or max_threads <= 1 else [1, max_threads]
         self.speed: dict[int, float] = {}
         self.probe_every = probe_every
@@ -424,13 +425,59 @@ def train_local(
     cfg = config or LocalConfig()
     cfg.check()
     reporter = reporter or Reporter(quiet=True)
-    out = Path(out_dir)
+    run = _open_run(data, Path(out_dir), cfg, reporter)
+    if cfg.restart:
+        _clear_outputs(run.out)
+    state = _load_checkpoint(run.torch, run.checkpoint_path, run.fingerprint, run.out)
+    if state is None:
+        previous = _completed_report(run)
+        if previous is not None:
+            reporter.info(f"{run.out}: this fine-tuning is already complete; nothing to do")
+            return TrainResult(run.out, "complete", None, previous)
+    _write_split(run)
+    run.torch.manual_seed(cfg.seed)
+    tokenizer, model, load_seconds = _load_base_timed(run, reporter)
+    tokenized = _tokenize(run, tokenizer, reporter)
+    training = _start_training(run, model, tokenized)
+    _resume(training, state, reporter)
+    tuner = ThreadTuner(run.torch, _max_threads(cfg), fixed=cfg.threads is not None)
+    stop_reason = _train(training, tuner, reporter)
+    return _finish(training, tuner, stop_reason, load_seconds)
+
+
+@dataclass
+class _Run:
+    """What one run is about: its settings, examples, base model and output folder."""
+
+    cfg: LocalConfig
+    data: str | Path
+    out: Path
+    stack: dict[str, Any]
+    base_path: Path
+    base_header: Any
+    examples: list[Example]
+    train_ex: list[Example]
+    held_ex: list[Example]
+    fingerprint: dict[str, Any]
+
+    @property
+    def torch(self) -> Any:
+        return self.stack["torch"]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+    @property
+    def report_path(self) -> Path:
+        return self.out / REPORT_FILE
+
+
+def _open_run(data: str | Path, out: Path, cfg: LocalConfig, reporter: Reporter) -> _Run:
     stack = import_training_stack()
-    torch = stack["torch"]
     base_path = resolve_base(cfg.base)
     base_header = read_gguf_header(base_path)
     check_exportable(base_header)
-
     examples = read_examples(data, warn=reporter.warn)
     train_ex, held_ex = split_examples(examples, cfg.eval_fraction, cfg.seed)
     fingerprint = {
@@ -438,79 +485,97 @@ def train_local(
         "data": _data_digest(examples),
         "base": {"path": str(base_path.resolve()), "bytes": base_path.stat().st_size},
     }
-    ckpt_path = out / CHECKPOINT_DIR / CHECKPOINT_FILE
-    report_path = out / REPORT_FILE
-    if cfg.restart:
-        _clear_outputs(out)
-    state = _load_checkpoint(torch, ckpt_path, fingerprint, out)
-    if state is None and report_path.exists():
-        previous = json.loads(report_path.read_text())
-        if previous.get("fingerprint") == fingerprint and previous.get("status") == "complete":
-            reporter.info(f"{out}: this fine-tuning is already complete; nothing to do")
-            return TrainResult(out, "complete", None, previous)
-        if previous.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{out} holds another fine-tuning run (different data or settings): choose"
-                " another --out, or add --restart to replace it"
-            )
+    return _Run(
+        cfg, data, out, stack, base_path, base_header, examples, train_ex, held_ex, fingerprint
+    )
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out / HELDOUT_FILE, (e.to_dict() for e in held_ex))
-    write_jsonl_atomic(out / TRAIN_FILE, (e.to_dict() for e in train_ex))
 
-    torch.manual_seed(cfg.seed)
-    threads = cfg.threads or os.cpu_count() or 1
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+def _completed_report(run: _Run) -> dict[str, Any] | None:
+    """The report of this same run when it already completed; ConfigError when the output
+    folder holds another run's report."""
+    if not run.report_path.exists():
+        return None
+    previous = json.loads(run.report_path.read_text())
+    if previous.get("fingerprint") == run.fingerprint and previous.get("status") == "complete":
+        return previous
+    if previous.get("fingerprint") != run.fingerprint:
+        raise ConfigError(
+            f"{run.out} holds another fine-tuning run (different data or settings): choose"
+            " another --out, or add --restart to replace it"
+        )
+    return None
 
-    t_load = time.perf_counter()
-    reporter.info(f"loading {base_path.name} with transformers (dequantising to fp32)...")
-    tokenizer, model = load_base(base_path, stack)
-    load_seconds = time.perf_counter() - t_load
 
-    encoder = ChatEncoder(tokenizer, cfg.max_length)
-    train_enc = [encoder.encode(e) for e in train_ex]
-    held_enc = [encoder.encode(e) for e in held_ex]
+def _write_split(run: _Run) -> None:
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(run.out / HELDOUT_FILE, (e.to_dict() for e in run.held_ex))
+    write_jsonl_atomic(run.out / TRAIN_FILE, (e.to_dict() for e in run.train_ex))
+
+
+def _max_threads(cfg: LocalConfig) -> int:
+    return cfg.threads or os.cpu_count() or 1
+
+
+def _use_bf16(cfg: LocalConfig) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+
+
+def _load_base_timed(run: _Run, reporter: Reporter) -> tuple[Any, Any, float]:
+    """(tokenizer, model, seconds taken)."""
+    started = time.perf_counter()
+    reporter.info(f"loading {run.base_path.name} with transformers (dequantising to fp32)...")
+    tokenizer, model = load_base(run.base_path, run.stack)
+    return tokenizer, model, time.perf_counter() - started
+
+
+@dataclass
+class _Tokenized:
+    train: list[Encoded]
+    held: list[Encoded]
+    too_long: int  # examples dropped: the prompt alone exceeds max_length
+    pad_id: int
+
+
+def _tokenize(run: _Run, tokenizer: Any, reporter: Reporter) -> _Tokenized:
+    max_length = run.cfg.max_length
+    encoder = ChatEncoder(tokenizer, max_length)
+    train_enc = [encoder.encode(e) for e in run.train_ex]
+    held_enc = [encoder.encode(e) for e in run.held_ex]
     too_long = sum(1 for e in train_enc + held_enc if e is None)
     train_set = [e for e in train_enc if e is not None]
     held_set = [e for e in held_enc if e is not None]
     if not train_set:
-        raise ConfigError(f"no training example fits --max-length {cfg.max_length}")
+        raise ConfigError(f"no training example fits --max-length {max_length}")
     if too_long:
         reporter.warn(f"{too_long} example(s) dropped: the prompt alone exceeds --max-length")
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = encoder.end_ids[-1]
+    return _Tokenized(train_set, held_set, too_long, pad_id)
 
+
+def _make_trainable(model: Any, cfg: LocalConfig, peft: Any) -> Any:
+    """The model itself with every weight trainable (full), else a LoRA wrapper around it."""
     if cfg.full:
-        trainable_model = model
         for p in model.parameters():
             p.requires_grad_(True)
-    else:
-        peft = stack["peft"]
-        lora = peft.LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(LORA_TARGETS),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            trainable_model = peft.get_peft_model(model, lora)
-    causal_lm = trainable_model if cfg.full else trainable_model.get_base_model()
-    params = [p for p in trainable_model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in trainable_model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = max(1, round(total_steps * cfg.warmup_fraction))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, total_steps, warmup)
+        return model
+    lora = peft.LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(LORA_TARGETS),
+        bias="none",
+        task_type="CAUSAL_LM",
     )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return peft.get_peft_model(model, lora)
 
-    progress: dict[str, Any] = {
+
+def _new_progress() -> dict[str, Any]:
+    """The run's position and measurements; saved in each checkpoint."""
+    return {
         "step": 0,
         "tokens": 0,
         "response_tokens": 0,
@@ -519,163 +584,301 @@ def train_local(
         "eval": [],  # (epoch, held-out loss)
         "invocations": 0,
     }
+
+
+@dataclass
+class _Training:
+    """The state a training loop updates, and the one step it repeats."""
+
+    run: _Run
+    data: _Tokenized
+    model: Any  # what is trained: the base model (full) or its LoRA wrapper
+    causal_lm: Any  # the causal LM inside `model`
+    params: list[Any]
+    optimizer: Any
+    scheduler: Any
+    steps_per_epoch: int
+    total_steps: int
+    use_bf16: bool
+    progress: dict[str, Any] = field(default_factory=_new_progress)
+
+    @property
+    def torch(self) -> Any:
+        return self.run.torch
+
+    @property
+    def cfg(self) -> LocalConfig:
+        return self.run.cfg
+
+    def autocast(self) -> Any:
+        if self.use_bf16:
+            return self.torch.autocast("cpu", dtype=self.torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def held_out_loss(self) -> float | None:
+        held, size = self.data.held, self.cfg.batch_size
+        if not held:
+            return None
+        self.model.eval()
+        total, count = 0.0, 0
+        with self.torch.no_grad(), self.autocast():
+            for i in range(0, len(held), size):
+                batch = _collate(self.torch, held[i : i + size], self.data.pad_id)
+                loss, n = _supervised_loss(self.torch, self.causal_lm, batch)
+                total += float(loss) * n
+                count += n
+        self.model.train()
+        return total / max(1, count)
+
+    def save_checkpoint(self) -> None:
+        _save_checkpoint(
+            self.torch,
+            self.run.checkpoint_path,
+            self.run.fingerprint,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.progress,
+            self.cfg,
+        )
+
+    def next_batch(self) -> list[Encoded]:
+        epoch, index = divmod(self.progress["step"], self.steps_per_epoch)
+        train = self.data.train
+        batch_ids = _batches(len(train), self.cfg.batch_size, self.cfg.seed, epoch)[index]
+        return [train[i] for i in batch_ids]
+
+    def optimise(self, items: list[Encoded], tuner: ThreadTuner) -> tuple[float, int, float]:
+        """One optimiser step on `items`: (loss, tokens, seconds)."""
+        torch = self.torch
+        batch = _collate(torch, items, self.data.pad_id)
+        n_tokens = int(batch["attention_mask"].sum())
+        tuner.before_step()
+        t0 = time.perf_counter()
+        with self.autocast():
+            loss, _ = _supervised_loss(torch, self.causal_lm, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        tuner.after_step(n_tokens, dt)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise ModelError(f"the loss became {value} at step {self.progress['step']}: lower --lr")
+        return value, n_tokens, dt
+
+
+def _start_training(run: _Run, model: Any, data: _Tokenized) -> _Training:
+    cfg, torch = run.cfg, run.torch
+    trainable = _make_trainable(model, cfg, run.stack["peft"])
+    causal_lm = trainable if cfg.full else trainable.get_base_model()
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = max(1, round(total_steps * cfg.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, total_steps, warmup)
+    )
+    return _Training(
+        run=run,
+        data=data,
+        model=trainable,
+        causal_lm=causal_lm,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        use_bf16=_use_bf16(cfg),
+    )
+
+
+def _resume(training: _Training, state: dict[str, Any] | None, reporter: Reporter) -> None:
+    """Continue from a checkpoint's state, if any; count this invocation."""
+    progress = training.progress
     if state is not None:
-        _restore(torch, state, trainable_model, optimizer, scheduler, progress, cfg.full)
+        _restore(
+            training.torch,
+            state,
+            training.model,
+            training.optimizer,
+            training.scheduler,
+            progress,
+            training.cfg.full,
+        )
         reporter.info(
-            f"resuming from {ckpt_path} at step {progress['step']}/{total_steps}"
-            f" ({progress['tokens']} tokens trained)"
+            f"resuming from {training.run.checkpoint_path} at step"
+            f" {progress['step']}/{training.total_steps} ({progress['tokens']} tokens trained)"
         )
     progress["invocations"] += 1
 
-    def autocast() -> Any:
-        if use_bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
-    def held_out_loss() -> float | None:
-        if not held_set:
-            return None
-        trainable_model.eval()
-        total, count = 0.0, 0
-        with torch.no_grad(), autocast():
-            for i in range(0, len(held_set), cfg.batch_size):
-                batch = _collate(torch, held_set[i : i + cfg.batch_size], pad_id)
-                loss, n = _supervised_loss(torch, causal_lm, batch)
-                total += float(loss) * n
-                count += n
-        trainable_model.train()
-        return total / max(1, count)
+@dataclass
+class _Invocation:
+    """This invocation's own counters (a checkpoint does not keep them)."""
 
-    def save_checkpoint() -> None:
-        _save_checkpoint(
-            torch, ckpt_path, fingerprint, trainable_model, optimizer, scheduler, progress, cfg
-        )
+    started: float = field(default_factory=time.monotonic)
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    tokens: int = 0
+    seconds: float = 0.0
+    window: list[float] = field(default_factory=list)  # losses not yet in progress["losses"]
+    ema: float | None = None
 
-    tuner = ThreadTuner(torch, threads, fixed=cfg.threads is not None)
+    def flush_window(self, progress: dict[str, Any]) -> None:
+        progress["losses"].append((progress["step"], sum(self.window) / len(self.window)))
+        self.window = []
+
+
+def _train(training: _Training, tuner: ThreadTuner, reporter: Reporter) -> str | None:
+    """Train until the last step or a limit; the limit that stopped it (None: complete)."""
+    progress, total_steps = training.progress, training.total_steps
     if progress["step"] == 0 and not progress["eval"]:
-        before = held_out_loss()
+        before = training.held_out_loss()
         if before is not None:
             progress["eval"].append((0, before))
-
-    stop_reason: str | None = None
-    started = time.monotonic()
-    last_ckpt = time.monotonic()
-    run_tokens = 0
-    run_seconds = 0.0
-    window: list[float] = []
-    ema: float | None = None
-    trainable_model.train()
+    now = _Invocation()
+    training.model.train()
     try:
         with reporter.bar("fine-tuning", total=total_steps, completed=progress["step"]) as bar:
             while progress["step"] < total_steps:
-                if cfg.max_train_tokens is not None and progress["tokens"] >= cfg.max_train_tokens:
-                    raise _Stop("max_train_tokens")
-                if (
-                    cfg.max_minutes is not None
-                    and time.monotonic() - started >= cfg.max_minutes * 60
-                ):
-                    raise _Stop("max_minutes")
-                epoch, index = divmod(progress["step"], steps_per_epoch)
-                batch_ids = _batches(len(train_set), cfg.batch_size, cfg.seed, epoch)[index]
-                items = [train_set[i] for i in batch_ids]
-                batch = _collate(torch, items, pad_id)
-                n_tokens = int(batch["attention_mask"].sum())
-                tuner.before_step()
-                t0 = time.perf_counter()
-                with autocast():
-                    loss, _ = _supervised_loss(torch, causal_lm, batch)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                dt = time.perf_counter() - t0
-                tuner.after_step(n_tokens, dt)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise ModelError(
-                        f"the loss became {value} at step {progress['step']}: lower --lr"
-                    )
-                progress["step"] += 1
-                progress["tokens"] += n_tokens
-                progress["response_tokens"] += sum(e.n_response for e in items)
-                progress["train_seconds"] += dt
-                run_tokens += n_tokens
-                run_seconds += dt
-                window.append(value)
-                ema = value if ema is None else 0.9 * ema + 0.1 * value
-                if len(window) >= max(1, steps_per_epoch // 4) or progress["step"] == total_steps:
-                    progress["losses"].append((progress["step"], sum(window) / len(window)))
-                    window = []
+                _check_limits(training.cfg, progress, now)
+                items = training.next_batch()
+                loss, n_tokens, seconds = training.optimise(items, tuner)
+                _record_step(training, now, items, loss, n_tokens, seconds)
                 bar.advance()
-                bar.note({"loss": f"{ema:.3f}", "tok/s": f"{run_tokens / run_seconds:,.0f}"})
-                if progress["step"] % steps_per_epoch == 0:
-                    held = held_out_loss()
-                    if held is not None:
-                        progress["eval"].append((progress["step"] // steps_per_epoch, held))
-                    save_checkpoint()
-                    last_ckpt = time.monotonic()
-                if time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60:
-                    save_checkpoint()
-                    last_ckpt = time.monotonic()
+                bar.note({"loss": f"{now.ema:.3f}", "tok/s": f"{now.tokens / now.seconds:,.0f}"})
+                _checkpoint_when_due(training, now)
     except _Stop as stop:
-        stop_reason = stop.reason
-        if window:
-            progress["losses"].append((progress["step"], sum(window) / len(window)))
-        save_checkpoint()
+        if now.window:
+            now.flush_window(progress)
+        training.save_checkpoint()
+        return stop.reason
     except KeyboardInterrupt:
-        save_checkpoint()
+        training.save_checkpoint()
         raise
+    return None
 
-    status = "complete" if progress["step"] >= total_steps else "stopped"
-    trainable_model.eval()
-    outputs = _export(out, trainable_model, cfg, base_header, stack)
-    spec = f"local:{(out / FULL_MODEL_FILE)}" if cfg.full else f"local?lora={out}"
-    tokens_per_second = progress["tokens"] / progress["train_seconds"] if progress["step"] else 0
-    report: dict[str, Any] = {
+
+def _check_limits(cfg: LocalConfig, progress: dict[str, Any], now: _Invocation) -> None:
+    if cfg.max_train_tokens is not None and progress["tokens"] >= cfg.max_train_tokens:
+        raise _Stop("max_train_tokens")
+    if cfg.max_minutes is not None and time.monotonic() - now.started >= cfg.max_minutes * 60:
+        raise _Stop("max_minutes")
+
+
+def _record_step(
+    training: _Training,
+    now: _Invocation,
+    items: list[Encoded],
+    loss: float,
+    n_tokens: int,
+    seconds: float,
+) -> None:
+    progress = training.progress
+    progress["step"] += 1
+    progress["tokens"] += n_tokens
+    progress["response_tokens"] += sum(e.n_response for e in items)
+    progress["train_seconds"] += seconds
+    now.tokens += n_tokens
+    now.seconds += seconds
+    now.window.append(loss)
+    now.ema = loss if now.ema is None else 0.9 * now.ema + 0.1 * loss
+    steps_per_epoch = training.steps_per_epoch
+    if len(now.window) >= max(1, steps_per_epoch // 4) or progress["step"] == training.total_steps:
+        now.flush_window(progress)
+
+
+def _checkpoint_when_due(training: _Training, now: _Invocation) -> None:
+    """At each epoch's end (after measuring the held-out loss) and every few minutes."""
+    progress, steps_per_epoch = training.progress, training.steps_per_epoch
+    if progress["step"] % steps_per_epoch == 0:
+        held = training.held_out_loss()
+        if held is not None:
+            progress["eval"].append((progress["step"] // steps_per_epoch, held))
+        training.save_checkpoint()
+        now.last_checkpoint = time.monotonic()
+    if time.monotonic() - now.last_checkpoint >= training.cfg.checkpoint_minutes * 60:
+        training.save_checkpoint()
+        now.last_checkpoint = time.monotonic()
+
+
+def _finish(
+    training: _Training, tuner: ThreadTuner, stop_reason: str | None, load_seconds: float
+) -> TrainResult:
+    """Export the weights, write the report; drop the checkpoint once complete."""
+    run = training.run
+    status = "complete" if training.progress["step"] >= training.total_steps else "stopped"
+    training.model.eval()
+    outputs = _export(run.out, training.model, run.cfg, run.base_header, run.stack)
+    report = _report(training, tuner, status, stop_reason, outputs, load_seconds)
+    write_atomic(run.report_path, json.dumps(report, indent=2) + "\n")
+    if status == "complete":
+        _remove_checkpoint(run.checkpoint_path)
+    return TrainResult(run.out, status, stop_reason, report)
+
+
+def _report(
+    training: _Training,
+    tuner: ThreadTuner,
+    status: str,
+    stop_reason: str | None,
+    outputs: dict[str, str],
+    load_seconds: float,
+) -> dict[str, Any]:
+    """The contents of finetune.json."""
+    run, cfg = training.run, training.cfg
+    spec = f"local:{(run.out / FULL_MODEL_FILE)}" if cfg.full else f"local?lora={run.out}"
+    speeds = {str(k): round(v, 1) for k, v in tuner.speed.items()}
+    return {
         "status": status,
         "stop_reason": stop_reason,
         "method": "full" if cfg.full else "lora",
         "model_spec": spec,
-        "base_model": str(base_path),
+        "base_model": str(run.base_path),
         "outputs": outputs,
         "config": {**asdict(cfg), "learning_rate": cfg.learning_rate},
-        "precision": "bf16" if use_bf16 else "fp32",
-        "threads": {
-            "max": threads,
-            "tokens_per_second_by_threads": {str(k): round(v, 1) for k, v in tuner.speed.items()},
-        },
-        "data": {
-            "file": str(data),
-            "examples": len(examples),
-            "train": len(train_set),
-            "held_out": len(held_set),
-            "dropped_too_long": too_long,
-            "train_tokens_per_epoch": sum(len(e.input_ids) for e in train_set),
-            "response_tokens_per_epoch": sum(e.n_response for e in train_set),
-        },
-        "training": {
-            "steps": progress["step"],
-            "total_steps": total_steps,
-            "epochs_done": round(progress["step"] / steps_per_epoch, 3),
-            "tokens": progress["tokens"],
-            "response_tokens": progress["response_tokens"],
-            "train_seconds": round(progress["train_seconds"], 2),
-            "tokens_per_second": round(tokens_per_second, 1),
-            "load_seconds": round(load_seconds, 2),
-            "trainable_parameters": n_trainable,
-            "parameters": n_total,
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-            "invocations": progress["invocations"],
-        },
-        "loss": _loss_summary(progress),
-        "fingerprint": fingerprint,
+        "precision": "bf16" if training.use_bf16 else "fp32",
+        "threads": {"max": tuner.max_threads, "tokens_per_second_by_threads": speeds},
+        "data": _data_report(run, training.data),
+        "training": _training_report(training, load_seconds),
+        "loss": _loss_summary(training.progress),
+        "fingerprint": run.fingerprint,
         "versions": versions(),
     }
-    write_atomic(report_path, json.dumps(report, indent=2) + "\n")
-    if status == "complete":
-        _remove_checkpoint(ckpt_path)
-    return TrainResult(out, status, stop_reason, report)
+
+
+def _data_report(run: _Run, data: _Tokenized) -> dict[str, Any]:
+    return {
+        "file": str(run.data),
+        "examples": len(run.examples),
+        "train": len(data.train),
+        "held_out": len(data.held),
+        "dropped_too_long": data.too_long,
+        "train_tokens_per_epoch": sum(len(e.input_ids) for e in data.train),
+        "response_tokens_per_epoch": sum(e.n_response for e in data.train),
+    }
+
+
+def _training_report(training: _Training, load_seconds: float) -> dict[str, Any]:
+    progress = training.progress
+    tokens_per_second = progress["tokens"] / progress["train_seconds"] if progress["step"] else 0
+    return {
+        "steps": progress["step"],
+        "total_steps": training.total_steps,
+        "epochs_done": round(progress["step"] / training.steps_per_epoch, 3),
+        "tokens": progress["tokens"],
+        "response_tokens": progress["response_tokens"],
+        "train_seconds": round(progress["train_seconds"], 2),
+        "tokens_per_second": round(tokens_per_second, 1),
+        "load_seconds": round(load_seconds, 2),
+        "trainable_parameters": sum(p.numel() for p in training.params),
+        "parameters": sum(p.numel() for p in training.model.parameters()),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "invocations": progress["invocations"],
+    }
 
 
 def _loss_summary(progress: dict[str, Any]) -> dict[str, Any]:

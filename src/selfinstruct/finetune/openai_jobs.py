@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import ConfigError, ModelError
-from selfinstruct.finetune.data import read_examples, split_examples, write_chat_jsonl
+from selfinstruct.finetune.data import Example, read_examples, split_examples, write_chat_jsonl
 from selfinstruct.io import write_atomic
 from selfinstruct.progress import Reporter
 
@@ -143,6 +143,20 @@ def run_openai_finetune(
     state = _State(out / JOB_FILE)
     if state.data and cfg.restart:
         state.data = {}
+    _check_state(state, fingerprint, out)
+    if not state.data.get("job_id"):
+        state.save(fingerprint=fingerprint, model=cfg.model, created_by="selfinstruct")
+        _upload_examples(client, out, state, train, held, reporter)
+        _create_job(client, state, cfg, reporter)
+    else:
+        reporter.info(f"resuming: polling fine-tuning job {state.data['job_id']}")
+
+    return _poll(client, out, state, cfg, reporter, sleep)
+
+
+def _check_state(state: _State, fingerprint: str, out: Path) -> None:
+    """ConfigError when the saved job belongs to other data or settings; ModelError when it
+    failed (continuing it would go nowhere)."""
     if state.data and state.data.get("fingerprint") != fingerprint:
         raise ConfigError(
             f"{out / JOB_FILE} belongs to another fine-tuning (different data, model or"
@@ -155,41 +169,52 @@ def run_openai_finetune(
             " add --restart to start a new job (charged again)"
         )
 
-    if not state.data.get("job_id"):
-        state.save(fingerprint=fingerprint, model=cfg.model, created_by="selfinstruct")
-        if not state.data.get("training_file"):
-            path = out / TRAIN_UPLOAD
-            write_chat_jsonl(path, train)
-            state.save(training_file=_upload(client, path), train_examples=len(train))
-            reporter.info(f"uploaded {len(train)} training examples: {state.data['training_file']}")
-        if held and not state.data.get("validation_file"):
-            path = out / VALIDATION_UPLOAD
-            write_chat_jsonl(path, held)
-            state.save(validation_file=_upload(client, path), validation_examples=len(held))
-        kwargs: dict[str, Any] = {
-            "model": cfg.model,
-            "training_file": state.data["training_file"],
-            "seed": cfg.seed,
-        }
-        if state.data.get("validation_file"):
-            kwargs["validation_file"] = state.data["validation_file"]
-        if cfg.suffix:
-            kwargs["suffix"] = cfg.suffix
-        if cfg.hyperparameters():
-            kwargs["method"] = {
-                "type": "supervised",
-                "supervised": {"hyperparameters": cfg.hyperparameters()},
-            }
-        try:
-            job = client.fine_tuning.jobs.create(**kwargs)
-        except Exception as e:  # noqa: BLE001 - every API failure becomes one ModelError
-            raise _api_error(e, "creating the fine-tuning job") from None
-        state.save(job_id=job.id, status=job.status)
-        reporter.info(f"created fine-tuning job {job.id} on {cfg.model}")
-    else:
-        reporter.info(f"resuming: polling fine-tuning job {state.data['job_id']}")
 
-    return _poll(client, out, state, cfg, reporter, sleep)
+def _upload_examples(
+    client: Any,
+    out: Path,
+    state: _State,
+    train: list[Example],
+    held: list[Example],
+    reporter: Reporter,
+) -> None:
+    """Upload the training and validation files, unless an earlier invocation did."""
+    if not state.data.get("training_file"):
+        path = out / TRAIN_UPLOAD
+        write_chat_jsonl(path, train)
+        state.save(training_file=_upload(client, path), train_examples=len(train))
+        reporter.info(f"uploaded {len(train)} training examples: {state.data['training_file']}")
+    if held and not state.data.get("validation_file"):
+        path = out / VALIDATION_UPLOAD
+        write_chat_jsonl(path, held)
+        state.save(validation_file=_upload(client, path), validation_examples=len(held))
+
+
+def _job_arguments(cfg: OpenAIConfig, state: _State) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": cfg.model,
+        "training_file": state.data["training_file"],
+        "seed": cfg.seed,
+    }
+    if state.data.get("validation_file"):
+        kwargs["validation_file"] = state.data["validation_file"]
+    if cfg.suffix:
+        kwargs["suffix"] = cfg.suffix
+    if cfg.hyperparameters():
+        kwargs["method"] = {
+            "type": "supervised",
+            "supervised": {"hyperparameters": cfg.hyperparameters()},
+        }
+    return kwargs
+
+
+def _create_job(client: Any, state: _State, cfg: OpenAIConfig, reporter: Reporter) -> None:
+    try:
+        job = client.fine_tuning.jobs.create(**_job_arguments(cfg, state))
+    except Exception as e:  # noqa: BLE001 - every API failure becomes one ModelError
+        raise _api_error(e, "creating the fine-tuning job") from None
+    state.save(job_id=job.id, status=job.status)
+    reporter.info(f"created fine-tuning job {job.id} on {cfg.model}")
 
 
 def _upload(client: Any, path: Path) -> str:
