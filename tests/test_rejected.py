@@ -11,39 +11,26 @@ from rouge_score import rouge_scorer
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import TransientModelError
 from selfinstruct.io import read_jsonl
-from selfinstruct.records import Instance, SeedTask
+from selfinstruct.records import SeedTask
 from selfinstruct.runfile import RunFile
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext
 from selfinstruct.steps.instructions import InstructionSettings, generate_instructions
 
-WORDS = (
-    "apple river stone cloud pencil garden violin rocket candle mirror ladder blanket "
-    "harbor tiger orbit canyon lantern meadow pillow saddle falcon glacier velvet thunder"
-).split()
+try:
+    from tests.helpers import WORDS, fresh_instructions, toy_seeds
+except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.py)
+    from helpers import WORDS, fresh_instructions, toy_seeds
+
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def seeds(n: int = 12) -> list[SeedTask]:
-    return [
-        SeedTask(
-            id=f"seed_task_{i}",
-            name=f"seed_{i}",
-            instruction=f"Describe the {WORDS[i]} and the {WORDS[i + 1]} in one short paragraph.",
-            instances=(Instance("", f"An answer about {WORDS[i]}."),),
-            is_classification=False,
-        )
-        for i in range(n)
-    ]
+    return toy_seeds(n)
 
 
 def fresh():
-    """Distinct instructions made of new words (ROUGE-L 2/3 between any two of them)."""
-    syllables = ["ka", "lo", "mi", "ter", "su", "van", "pe", "dor", "qui", "zel"]
-    words = (a + b + c for a in syllables for b in syllables for c in syllables)
-    while True:
-        w = [next(words) for _ in range(4)]
-        yield f"Compose a riddle mixing {w[0]} {w[1]} {w[2]} {w[3]} for children"
+    return fresh_instructions()
 
 
 def ctx(model, **engine):

@@ -11,7 +11,7 @@ from rouge_score import rouge_scorer
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ConfigError
 from selfinstruct.io import read_jsonl
-from selfinstruct.records import Instance, SeedTask
+from selfinstruct.records import SeedTask
 from selfinstruct.steps import StepContext
 from selfinstruct.steps.classify import ClassifySettings, identify_classification
 from selfinstruct.steps.instances import InstanceSettings, generate_instances
@@ -24,33 +24,14 @@ from selfinstruct.steps.prepare import (
     prepare_finetuning,
 )
 
-WORDS = (
-    "apple river stone cloud pencil garden violin rocket candle mirror ladder blanket "
-    "harbor tiger orbit canyon lantern meadow pillow saddle falcon glacier velvet thunder "
-    "compass anchor biscuit dolphin ember fossil gravel hammock igloo jigsaw kettle lemon"
-).split()
+try:
+    from tests.helpers import WORDS, fresh_instructions, toy_seeds
+except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.py)
+    from helpers import WORDS, fresh_instructions, toy_seeds
 
 
 def seeds(n: int = 12) -> list[SeedTask]:
-    return [
-        SeedTask(
-            id=f"seed_task_{i}",
-            name=f"seed_{i}",
-            instruction=f"Describe the {WORDS[i]} and the {WORDS[i + 1]} in one short paragraph.",
-            instances=(Instance("", f"An answer about {WORDS[i]}."),),
-            is_classification=i % 4 == 0,
-        )
-        for i in range(n)
-    ]
-
-
-def fresh_instructions():
-    """Distinct instructions: four new made-up words each, so ROUGE-L between them is 2/3."""
-    syllables = ["ka", "lo", "mi", "ter", "su", "van", "pe", "dor", "qui", "zel"]
-    words = (a + b + c for a in syllables for b in syllables for c in syllables)
-    while True:
-        w = [next(words) for _ in range(4)]
-        yield f"Compose a riddle mixing {w[0]} {w[1]} {w[2]} {w[3]} for children"
+    return toy_seeds(n, classification_every=4)
 
 
 def ctx(model, **engine):
