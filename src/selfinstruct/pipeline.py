@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import BudgetExhausted, SelfInstructError
+from selfinstruct.io import write_atomic
 from selfinstruct.models import Model, load_model
 from selfinstruct.progress import Reporter
 from selfinstruct.records import SeedTask, example_key
@@ -41,6 +43,7 @@ TITLES = {
     "instances": "Step 3: instances",
     "prepare": "Step 4: fine-tuning data",
     "judge": "Judge: ratings",
+    "judge_calibration": "Judge: calibration",
 }
 
 
@@ -224,6 +227,28 @@ class Pipeline:
         settings = JudgeSettings(**options)
         return self._model_step(settings, lambda ctx: judge_run(ctx, self.folder, settings))
 
+    def calibrate_judge(self, settings: Any) -> Any:
+        """Measure the judge against people (`judge.CalibrationSettings`) and write the result
+        to the run folder; returns the `CalibrationReport`. Nothing to compare with stops here,
+        before the model is loaded."""
+        from selfinstruct.judge import calibrate, plan_calibration
+
+        plan = plan_calibration(self.folder, settings)
+        self.folder.path.mkdir(parents=True, exist_ok=True)
+        result: dict[str, Any] = {}
+
+        def step(ctx: StepContext) -> StepReport:
+            result["report"] = calibrate(ctx, self.folder, settings, plan)
+            # Written before a budget stop is raised: what was measured is kept.
+            write_atomic(
+                self.folder.calibration_report,
+                json.dumps(result["report"].to_dict(), indent=2, ensure_ascii=False) + "\n",
+            )
+            return result["report"].step
+
+        self._model_step(settings, step)
+        return result["report"]
+
     def run(
         self,
         num_instructions: int = 100,
@@ -370,8 +395,5 @@ def decontamination_filter(checker: Any) -> Any:
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
-    """A step's settings as run.json stores them."""
-    out = dataclasses.asdict(settings)
-    if "sampling" in out:
-        out["sampling"]["stop"] = list(out["sampling"]["stop"])
-    return out
+    """A step's settings as run.json stores them (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(settings), default=str))

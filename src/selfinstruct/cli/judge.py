@@ -15,7 +15,7 @@ from selfinstruct.cli.options import (
     request_batch_size_option,
     seed_option,
 )
-from selfinstruct.errors import BudgetExhausted, ConfigError
+from selfinstruct.errors import ConfigError
 
 JUDGE_EPILOG = """\b
 Examples:
@@ -137,37 +137,6 @@ def _run_folder(run: Path | None, batch_dir: Path | None, *, create: bool):  # -
     return RunFolder(path)
 
 
-def _context(folder, opts: ModelOptions, seed: int):  # -> (StepContext, Reporter)
-    from selfinstruct.progress import Reporter
-    from selfinstruct.steps import StepContext
-
-    reporter = Reporter(quiet=opts.quiet)
-    model = opts.open(seed)  # an unreachable server or a refused key stops here
-    return StepContext(model=model, engine=opts.engine(), reporter=reporter), reporter
-
-
-def _record(folder, report, opts: ModelOptions, seed: int, config: dict[str, Any], ctx) -> None:
-    from selfinstruct.runfile import RunFile
-
-    RunFile(folder.path).record_step(
-        report,
-        command="judge",
-        config={**config, "model": opts.model_spec},
-        model=ctx.model.info,
-        seed=seed,
-        price=opts.parsed_price(),
-    )
-
-
-def _stop_if_budget(report) -> None:
-    if report.engine is not None and report.engine.budget_stop:
-        which = report.engine.budget_stop.replace("_", "-")
-        raise BudgetExhausted(
-            f"stopped at the --{which} budget; every rating so far is saved: rerun with a"
-            " larger budget to continue"
-        )
-
-
 def _judge(folder, opts: ModelOptions, seed: int, settings) -> None:
     from selfinstruct.judge import agreement, load_judgments, load_reviews, model_id
     from selfinstruct.judge.rate import read_examples
@@ -198,10 +167,7 @@ def _calibrate(
     sample: int,
     use_reviews: bool,
 ) -> None:
-    import json
-
-    from selfinstruct.io import write_atomic
-    from selfinstruct.judge import CalibrationSettings, calibrate, plan_calibration
+    from selfinstruct.judge import CalibrationSettings
 
     calibration = CalibrationSettings(
         use_reviews=use_reviews,
@@ -211,19 +177,7 @@ def _calibrate(
         seed=seed,
         judge=settings,
     )
-    # Nothing to compare with, or a bad ratings file: one line, before any model is loaded.
-    plan = plan_calibration(folder, calibration)
-    folder.path.mkdir(parents=True, exist_ok=True)  # the judgments of outside examples go there
-    ctx, reporter = _context(folder, opts, seed)
-    with folder.lock():
-        result = calibrate(ctx, folder, calibration, plan)
-        config = dataclasses.asdict(calibration)
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in config.items()}
-        _record(folder, result.step, opts, seed, config, ctx)
-        write_atomic(
-            folder.calibration_report,
-            json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n",
-        )
+    with opts.pipeline(folder.path, seed=seed, command="judge --calibrate") as pipeline:
+        result = pipeline.calibrate_judge(calibration)
     click.echo(result.format())
-    reporter.info(f"wrote {folder.calibration_report}")
-    _stop_if_budget(result.step)
+    pipeline.reporter.info(f"wrote {folder.calibration_report}")
