@@ -140,6 +140,7 @@
     showProgress();
     setStatus(i, "saving…");
     pending += 1;
+    row.saving = (row.saving || 0) + 1;
     queue = queue.then(async () => {
       try {
         const response = await fetch("api/review", {
@@ -149,15 +150,20 @@
         });
         const data = await response.json().catch(() => ({}));
         if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
-        for (const name of ANSWERS) row[name] = data.review[name];
-        row.at = data.review.at;
-        setStatus(i, "saved", "saved");
+        // The server's copy is taken only once this row has no later click on its way:
+        // an earlier answer would otherwise undo what the reviewer has clicked since.
+        if (row.saving === 1) {
+          for (const name of ANSWERS) row[name] = data.review[name];
+          row.at = data.review.at;
+          setStatus(i, "saved", "saved");
+        }
         showError("");
       } catch (error) {
         row[field] = before;
         setStatus(i, "not saved", "error");
         showError(`Not saved (example ${i + 1}): ${error.message}. Is the review server running?`);
       }
+      row.saving -= 1;
       pending -= 1;
       paint(i);
       showProgress();
