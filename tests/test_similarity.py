@@ -444,3 +444,44 @@ def test_greedy_dedup_small_cases():
     assert res.kept == [0] and res.dropped == [1, 2]
     res = greedy_dedup(["a b", "a b"], 0.7, initial=["zz", "a b"])
     assert res.kept == [] and res.dropped_match == [-2, -2]
+
+
+# ---- another tokenizer -----------------------------------------------------------------------
+
+
+def _chars(text: str) -> list[str]:
+    """One token per non-space character: the shape of a CJK tokenizer."""
+    return [ch for ch in text if not ch.isspace()]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.text("天地人山水火木", max_size=10), max_size=20),
+    st.lists(st.text("天地人山水火木", max_size=10), min_size=1, max_size=4),
+)
+def test_index_and_dedup_with_another_tokenizer(pool, cands):
+    index = RougeLIndex(pool, tokenizer=_chars)
+    for cand in cands:
+        want = [rouge_l(t, cand, tokenizer=_chars).fmeasure for t in pool]
+        assert index.scores(cand).tolist() == want
+        assert index.top_k(cand, 3) == _brute_top_k(want, 3)
+        for t in (0.0, 0.5, 0.7):
+            assert index.exceeds(cand, t) == any(s > t for s in want)
+    texts = pool + cands
+    got = greedy_dedup(texts, 0.7, tokenizer=_chars, block_size=4)
+    kept: list[str] = []
+    want_kept = []
+    for i, text in enumerate(texts):
+        if all(rouge_l(k, text, tokenizer=_chars).fmeasure <= 0.7 for k in kept):
+            kept.append(text)
+            want_kept.append(i)
+    assert got.kept == want_kept
+
+
+def test_tokenizer_replaces_rouge_scores_own():
+    # rouge-score's tokenizer sees no token in Chinese text: every pair scores 0.
+    assert rouge_l("天地人", "天地人").fmeasure == 0.0
+    assert rouge_l("天地人", "天地人", tokenizer=_chars).fmeasure == 1.0
+    assert rouge_l("天地人", "天人", tokenizer=_chars) == rouge_l("a b c", "a c")
+    with pytest.raises(ValueError):
+        RougeLIndex(stem=True, tokenizer=_chars)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataFileError
-from .similarity import greedy_dedup
+from .similarity import Tokenizer, greedy_dedup
 
 __all__ = ["DedupReport", "Histogram", "dedup_jsonl", "read_instructions"]
 
@@ -223,6 +223,7 @@ def dedup_jsonl(
     stem: bool = False,
     progress: Callable[[int], None] | None = None,
     score_floor: float | None = DEFAULT_SCORE_FLOOR,
+    tokenizer: Tokenizer | None = None,
 ) -> DedupReport:
     """Greedy ROUGE-L dedup of a JSONL file of records with a ``field`` (or of a .txt file, one
     instruction a line): keeps, in file order, each record whose ROUGE-L F1 with every record
@@ -231,7 +232,8 @@ def dedup_jsonl(
 
     ``progress(n_done)`` is called as records are processed. ``score_floor`` (default 0.5;
     None: the threshold, which is faster) is where the histogram of every record's highest
-    score starts; below it records are only counted.
+    score starts; below it records are only counted. ``tokenizer`` replaces rouge-score's
+    tokenizer (see ``similarity.tokenizer_for``).
     """
     if math.isnan(threshold):
         raise ValueError("threshold is NaN")
@@ -245,6 +247,7 @@ def dedup_jsonl(
         stem=stem,
         progress=progress,
         score_floor=floor,
+        tokenizer=tokenizer,
     )
     _write_atomic(out_path, [records[i][1] for i in result.kept])
     max_scores = result.max_scores or []

@@ -44,6 +44,7 @@ __all__ = [
     "greedy_dedup",
     "rouge_l",
     "tokenize",
+    "tokenizer_for",
 ]
 
 # rouge-score replaces each run of characters other than a-z0-9 by a space and splits on
@@ -147,11 +148,36 @@ def _lcs_tokens(a: list[str], b: list[str]) -> int:
     return int(LCSseq.similarity(_as_code(ia), _as_code(ib)))
 
 
-def rouge_l(target: str, prediction: str, *, stem: bool = False) -> Score:
+Tokenizer = Callable[[str], list[str]]
+
+
+def tokenizer_for(stem: bool = False, tokenizer: Tokenizer | None = None) -> Tokenizer:
+    """The function that turns a text into tokens: ``tokenizer`` when given (any tokens; ROUGE-L
+    is computed over them), else rouge-score's tokenizer with or without stemming."""
+    if tokenizer is None:
+        return _stemmed_tokenize if stem else _plain_tokenize
+    if stem:
+        raise ValueError("stem=True applies to the default tokenizer only; stem inside yours")
+    return tokenizer
+
+
+def _plain_tokenize(text: str) -> list[str]:
+    return tokenize(text)
+
+
+def _stemmed_tokenize(text: str) -> list[str]:
+    return tokenize(text, stem=True)
+
+
+def rouge_l(
+    target: str, prediction: str, *, stem: bool = False, tokenizer: Tokenizer | None = None
+) -> Score:
     """ROUGE-L of ``prediction`` against ``target``; same argument order as rouge-score's
-    ``RougeScorer.score(target, prediction)`` (precision is over the prediction's tokens)."""
-    t_tokens = tokenize(target, stem=stem)
-    p_tokens = tokenize(prediction, stem=stem)
+    ``RougeScorer.score(target, prediction)`` (precision is over the prediction's tokens).
+    ``tokenizer`` replaces rouge-score's tokenizer (see :func:`tokenizer_for`)."""
+    split = tokenizer_for(stem, tokenizer)
+    t_tokens = split(target)
+    p_tokens = split(prediction)
     if not t_tokens or not p_tokens:
         return Score(0.0, 0.0, 0.0)
     lcs = _lcs_tokens(t_tokens, p_tokens)
@@ -355,13 +381,20 @@ class RougeLIndex:
     or 1 *is* the LCS length).
 
     ``workers`` is passed to rapidfuzz for large batches of LCS computations (``-1``: all
-    cores); ``None`` (default) computes on one thread.
+    cores); ``None`` (default) computes on one thread. ``tokenizer`` replaces rouge-score's
+    tokenizer for every text the index sees (``None``: rouge-score's, stemmed with ``stem``).
     """
 
     def __init__(
-        self, texts: Iterable[str] = (), *, stem: bool = False, workers: int | None = None
+        self,
+        texts: Iterable[str] = (),
+        *,
+        stem: bool = False,
+        workers: int | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         self._stem = stem
+        self._split = tokenizer_for(stem, tokenizer)
         self._workers = workers
         self._vocab: dict[str, int] = {}
         self._texts: list[str] = []
@@ -435,7 +468,7 @@ class RougeLIndex:
 
     def add(self, text: str) -> int:
         """Index ``text``; returns its position (0, 1, 2, ... in order of addition)."""
-        return self._add_tokens(text, tokenize(text, stem=self._stem))
+        return self._add_tokens(text, self._split(text))
 
     def add_many(self, texts: Iterable[str]) -> None:
         """Index each text in turn (positions follow on)."""
@@ -459,7 +492,7 @@ class RougeLIndex:
         # The pipeline asks exceeds(c), then scores(c) or top_k(c): tokenize c once.
         if self._cache_key == candidate and self._cache_val is not None:
             return self._cache_val
-        q = self._encode_tokens(tokenize(candidate, stem=self._stem))
+        q = self._encode_tokens(self._split(candidate))
         self._cache_key, self._cache_val = candidate, q
         return q
 
@@ -755,7 +788,7 @@ class RougeLIndex:
     def exceeds_many(self, candidates: Iterable[str], threshold: float) -> list[bool]:
         """``exceeds`` of each candidate against the index as it is (none of them is added)."""
         _check_threshold(threshold)
-        queries = [self._encode_tokens(tokenize(c, stem=self._stem)) for c in candidates]
+        queries = [self._encode_tokens(self._split(c)) for c in candidates]
         if threshold < 0:
             return [bool(self._texts)] * len(queries)
         out = [False] * len(queries)
@@ -767,7 +800,7 @@ class RougeLIndex:
     def scores_many(self, candidates: Iterable[str]) -> np.ndarray:
         """F1 of each candidate (rows) to every indexed text (columns), in one batched LCS
         pass: the fastest way to score many candidates against everything."""
-        queries = [self._encode_tokens(tokenize(c, stem=self._stem)) for c in candidates]
+        queries = [self._encode_tokens(self._split(c)) for c in candidates]
         n = len(self._texts)
         out = np.zeros((len(queries), n), dtype=np.float64)
         if not queries or n == 0:
@@ -906,6 +939,7 @@ def greedy_dedup(
     score_floor: float | None = None,
     block_size: int = 1024,
     workers: int | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> DedupResult:
     """Keep, in order, each text whose ROUGE-L F1 to every kept text (and to every ``initial``
     text) is <= ``threshold``; the same outcome as comparing each text with rouge-score to
@@ -915,16 +949,18 @@ def greedy_dedup(
     texts and with itself, then its texts are kept or dropped in order. ``progress(n_done)`` is
     called after each block. With ``score_floor`` (<= threshold, e.g. 0.5) the result also
     holds each text's highest F1 with the texts kept before it wherever that is above the
-    floor, at the cost of a wider search.
+    floor, at the cost of a wider search. ``tokenizer`` replaces rouge-score's tokenizer (see
+    :func:`tokenizer_for`).
     """
     _check_threshold(threshold)
     if score_floor is not None and not score_floor <= threshold:
         raise ValueError("score_floor must be <= threshold")
     texts = list(texts)
     initial = list(initial)
-    tok_texts = [tokenize(t, stem=stem) for t in texts]
-    tok_init = [tokenize(t, stem=stem) for t in initial]
-    index = RougeLIndex(stem=stem, workers=workers)
+    split = tokenizer_for(stem, tokenizer)
+    tok_texts = [split(t) for t in texts]
+    tok_init = [split(t) for t in initial]
+    index = RougeLIndex(stem=stem, workers=workers, tokenizer=tokenizer)
     index._seed_vocabulary(tok_init + tok_texts)
     owner: list[int] = []  # index position -> input index, or -1 - j for initial text j
     for j, (text, tokens) in enumerate(zip(initial, tok_init, strict=True)):
