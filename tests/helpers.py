@@ -1,7 +1,10 @@
-"""Small builders shared by the step tests: toy seed tasks and endless distinct instructions."""
+"""Small builders shared by the tests: toy seed tasks, endless distinct instructions, and
+`run_cli`, the one way a test runs the command line in its own process."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 from selfinstruct.records import Instance, SeedTask
@@ -34,3 +37,18 @@ def fresh_instructions() -> Iterator[str]:
     while True:
         w = [next(words) for _ in range(4)]
         yield f"Compose a riddle mixing {w[0]} {w[1]} {w[2]} {w[3]} for children"
+
+
+def run_cli(
+    *args: str, timeout: float = 120, env: dict | None = None, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """The command line as a user runs it: `selfinstruct ARGS` in a fresh process (so exit
+    codes, stderr and signals are the real ones), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", "from selfinstruct.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        input=input,
+    )

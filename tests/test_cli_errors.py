@@ -3,19 +3,12 @@ half-written output."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 from conftest import free_port
+from helpers import run_cli
 
 
-def selfinstruct(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from selfinstruct.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+selfinstruct = run_cli
 
 
 def test_malformed_seed_file_stops_before_any_work(tmp_path):

@@ -4,13 +4,12 @@ OpenAI API by llama.cpp's server on loopback (both the completions and the chat 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from rouge_score import rouge_scorer
 
+from helpers import run_cli
 from selfinstruct.io import read_jsonl
 from selfinstruct.seeds import default as default_seeds
 
@@ -18,13 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def selfinstruct(*args: str, env: dict | None = None, timeout: float = 900):
-    return subprocess.run(
-        [sys.executable, "-c", "from selfinstruct.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def check_run_folder(out: Path, n: int, seed_instructions: list[str]) -> dict:

@@ -135,10 +135,6 @@ class JsonlAppender:
             os.fsync(self._fd)
         self.written += 1
 
-    def write_many(self, records: Iterable[dict[str, Any]]) -> None:
-        for record in records:
-            self.write(record)
-
     def close(self) -> None:
         if self._fd >= 0:
             os.fsync(self._fd)

@@ -232,24 +232,6 @@ class ModelOptions:
             ) from None
         return prompt, completion
 
-    def load(self, seed: int) -> Model:
-        """The model, not yet checked (the first call that uses it checks it)."""
-        return load_model(
-            self.model_spec,
-            base_url=self.base_url,
-            api_key=self.api_key,
-            timeout=self.timeout,
-            seed=seed,
-        )
-
-    def open(self, seed: int) -> Model:
-        """The model, checked: an unreachable server or a refused key fails here."""
-        from selfinstruct.engine import run_sync
-
-        model = self.load(seed)
-        run_sync(model.check(), release=model)
-        return model
-
     def pipeline(
         self, out: Path, *, seed: int, seeds: Path | None = None, command: str = ""
     ):  # -> selfinstruct.pipeline.Pipeline

@@ -407,6 +407,3 @@ def _raw_tensor(f: BinaryIO, header: GGUFHeader, info: TensorInfo) -> np.ndarray
     row_bytes = info.shape[-1] // block * type_size
     return data.reshape(*info.shape[:-1], row_bytes)
 
-
-def adapter_tensor_names(path: str | Path) -> Iterable[str]:
-    return [t.name for t in read_gguf_header(path).tensors]

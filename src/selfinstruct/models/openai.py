@@ -82,7 +82,6 @@ class OpenAIModel(Model):
         api_key: str | None = None,
         timeout: float = 120.0,
         batch: int | None = None,
-        concurrency: int | None = None,
     ):
         self.model = model
         self.api = api
@@ -99,8 +98,6 @@ class OpenAIModel(Model):
             key = "unused"  # local servers ignore it, but the client requires one
         self._key = key
         self.max_batch = 1 if api == "chat" else (batch or DEFAULT_COMPLETIONS_BATCH)
-        if concurrency:
-            self.default_concurrency = concurrency
         self._timeout = timeout
         self._clients: dict[int, openai.AsyncOpenAI] = {}
 
