@@ -156,12 +156,12 @@ def build_run(folder: Path, n: int, seed: int = 1) -> dict[str, object]:
     )
     keyed = [example_key(e["instruction"], e["input"], e["output"]) for e in examples]
     write_jsonl(
-        rf.judgments,
+        rf.judgments_file,
         ({"key": k, "rating": rng.choice("AAABBCD")} for k in rng.sample(keyed, min(2000, n))),
     )
     yes = lambda p: rng.random() < p  # noqa: E731
     write_jsonl(
-        rf.reviews,
+        rf.reviews_file,
         (
             {
                 "key": k,

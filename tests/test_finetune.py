@@ -27,7 +27,7 @@ from selfinstruct.formats import (
     encode,
     split_prompt,
 )
-from selfinstruct.records import TrainingExample
+
 
 TRAINING_STACK = ("torch", "transformers", "peft", "gguf")
 
@@ -68,7 +68,7 @@ def _key(e: Example) -> tuple:
 
 
 def test_every_format_we_write_reads_as_the_same_examples(tmp_path: Path) -> None:
-    examples = [TrainingExample(*t) for t in TRIPLES]
+    examples = [Example(*t) for t in TRIPLES]
     rng = random.Random(7)
     # all_generated_instances.jsonl
     instances = tmp_path / "all_generated_instances.jsonl"

@@ -25,7 +25,6 @@ from selfinstruct.judge import (
     cohen_kappa,
     judge_prompt,
     judge_run,
-    load_judgments,
     load_ratings,
     meets,
     parse_verdict,
@@ -184,7 +183,7 @@ def test_judge_rates_every_example_once_with_one_line_each(tmp_path, scripted):
     rf = make_run(tmp_path, 10)
     model = scripted(by_number)
     report = judge_run(context(model), rf)
-    lines = list(iter_jsonl(rf.judgments))
+    lines = list(iter_jsonl(rf.judgments_file))
     assert len(model.prompts) == 10 and len(lines) == 10
     assert report.counts["examples"] == 10 and report.complete
     assert report.counts["rated_now"] == report.counts["rated_in_file"] == 10
@@ -228,7 +227,7 @@ def test_resume_cuts_a_torn_last_line_and_asks_only_for_the_rest(tmp_path, scrip
     other = type("Other", (scripted,), {"info": property(lambda self: _info("other"))})
     judge_run(context(other(lambda p: verdict_text(p, "D"))), rf, JudgeSettings(num_examples=4))
     torn = json.dumps({"key": "x", "rating": "A", "instruction": "Task number 5"})[:30]
-    rf.judgments.write_bytes(rf.judgments.read_bytes() + torn.encode())
+    rf.judgments_file.write_bytes(rf.judgments_file.read_bytes() + torn.encode())
 
     model = scripted(by_number)
     ctx = context(model)
@@ -236,8 +235,8 @@ def test_resume_cuts_a_torn_last_line_and_asks_only_for_the_rest(tmp_path, scrip
     # Another judge's ratings do not count as this one's: task 3 is asked again.
     assert sorted(task_number(p) for p in model.prompts) == [3, 4, 5, 6, 7]
     assert any("torn last line" in w for w in ctx.reporter.seen)
-    assert len(list(iter_jsonl(rf.judgments))) == 3 + 4 + 5  # every line whole JSON again
-    assert len(load_judgments(rf, model="scripted:scripted?api=completions")) == 8
+    assert len(list(iter_jsonl(rf.judgments_file))) == 3 + 4 + 5  # every line whole JSON again
+    assert len(rf.judgments(model="scripted:scripted?api=completions", rated_only=True)) == 8
     assert report.complete and report.counts["rated_now"] == 5
     # The last rated line of a key wins; `model` keeps one judge's ratings.
     key0 = example_key("Task number 0: say 0.", "in 0", "answer 0")
@@ -269,7 +268,7 @@ def test_unreadable_answers_are_counted_written_and_asked_again(tmp_path, script
     assert report.dropped == {"unparsed_no_rating": 2, "unparsed_cut_by_length": 1}
     assert report.counts["rated_now"] == 3 and report.counts["unrated"] == 3
     assert not report.complete
-    unrated = [x for x in iter_jsonl(rf.judgments) if x["rating"] is None]
+    unrated = [x for x in iter_jsonl(rf.judgments_file) if x["rating"] is None]
     assert sorted(x["unparsed"] for x in unrated) == ["cut_by_length", "no_rating", "no_rating"]
     assert all(x["raw"] for x in unrated) and len(load_ratings(rf)) == 3
 
@@ -292,7 +291,7 @@ def test_request_failures_are_counted_by_reason_and_left_unrated(tmp_path, scrip
     assert report.dropped == {"request_failed_http_503": 2}
     assert report.engine.failures == {"http_503": 2} and report.engine.retries == {"http_503": 2}
     assert report.counts["rated_in_file"] == 4 and not report.complete
-    assert {task_number(x["instruction"]) for x in iter_jsonl(rf.judgments)} == {0, 1, 3, 5}
+    assert {task_number(x["instruction"]) for x in iter_jsonl(rf.judgments_file)} == {0, 1, 3, 5}
 
 
 def test_budget_stops_cleanly_and_a_rerun_finishes_without_asking_twice(tmp_path, scripted):
@@ -300,7 +299,7 @@ def test_budget_stops_cleanly_and_a_rerun_finishes_without_asking_twice(tmp_path
     first = scripted(by_number)
     report = judge_run(context(first, max_requests=3, concurrency=1), rf)
     assert report.engine.budget_stop == "max_requests" and not report.complete
-    assert report.counts["rated_in_file"] == 3 and len(list(iter_jsonl(rf.judgments))) == 3
+    assert report.counts["rated_in_file"] == 3 and len(list(iter_jsonl(rf.judgments_file))) == 3
     second = scripted(by_number)
     report = judge_run(context(second), rf)
     assert report.complete and len(second.prompts) == 4
@@ -430,7 +429,7 @@ def test_calibration_against_reviews_a_ratings_file_and_the_paper(tmp_path, scri
     rows = examples(8)
     key = [example_key(r["instruction"], r["input"], r["output"]) for r in rows]
     # The judge (by_number) says A B C D A B C D; people say:
-    write_jsonl(rf.reviews, [
+    write_jsonl(rf.reviews_file, [
         {"key": key[0], "rating": "D"},  # replaced by the next line
         {"key": key[0], "rating": "A", "valid_instruction": True, "output_correct": True},
         {"key": key[1], "rating": "A", "output_correct": True},
@@ -468,7 +467,7 @@ def test_calibration_against_reviews_a_ratings_file_and_the_paper(tmp_path, scri
     assert "reviewed keys are not among the examples" in text
 
     # The run's reviewed examples are judged into the run's judgments; the rest into the cache.
-    assert len(load_judgments(rf)) == 5
+    assert len(rf.judgments(rated_only=True)) == 5
     cache = list(iter_jsonl(rf.calibration_judgments))
     assert len(cache) == 11 and {c["source"].split(":")[0] for c in cache} == {
         "ratings",
@@ -593,7 +592,7 @@ def test_cli_on_a_real_model_server_rates_or_counts_every_example(tmp_path, llam
     model = "openai:smollm2?api=completions"
     result = selfinstruct("judge", str(rf.path), "--model", model, *args)
     assert result.returncode == 0, result.stderr
-    lines = list(iter_jsonl(rf.judgments))
+    lines = list(iter_jsonl(rf.judgments_file))
     assert len(lines) == 4 and {x["model"] for x in lines} == {"openai:smollm2?api=completions"}
     assert all((x["rating"] in RATING_ORDER) != bool(x["unparsed"]) for x in lines)
     counts = json.loads(rf.run_file.read_text())["steps"]["judge"]
@@ -602,7 +601,7 @@ def test_cli_on_a_real_model_server_rates_or_counts_every_example(tmp_path, llam
     # A rerun asks again only for what is unrated (temperature 0: the same answers again).
     result = selfinstruct("judge", str(rf.path), "--model", model, *args)
     assert result.returncode == 0, result.stderr
-    assert len(list(iter_jsonl(rf.judgments))) == 4 + unparsed
+    assert len(list(iter_jsonl(rf.judgments_file))) == 4 + unparsed
     ratings = write_jsonl(tmp_path / "rated.jsonl", [
         {"instruction": "Name a primary colour.", "input": "", "output": "Red", "rating": "A"},
         {"instruction": "Add 2 and 2.", "input": "", "output": "5", "rating": "C"},

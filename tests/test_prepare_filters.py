@@ -4,11 +4,10 @@ against evaluation sets, both through the Pipeline and the CLI, every drop count
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import selfinstruct as si
+from helpers import run_cli
 from selfinstruct.records import example_key
 
 EVAL_TASK = (
@@ -93,7 +92,7 @@ def si_instance(inp: str, out: str):  # noqa: ANN201
 def test_min_rating_keeps_only_well_rated_examples(tmp_path: Path) -> None:
     rf = write_run(tmp_path / "run")
     ratings = {TASKS[0]: "A", TASKS[1]: "B", TASKS[2]: "C"}  # TASKS[3] and [4] are unrated
-    with open(rf.judgments, "w") as f:
+    with open(rf.judgments_file, "w") as f:
         for (i, x, o), rating in ratings.items():
             f.write(json.dumps({"key": example_key(i, x, o), "rating": rating, "model": "j"}))
             f.write("\n")
@@ -112,19 +111,14 @@ def test_min_rating_keeps_only_well_rated_examples(tmp_path: Path) -> None:
 def test_without_min_rating_ratings_are_carried_not_used(tmp_path: Path) -> None:
     rf = write_run(tmp_path / "run")
     i, x, o = TASKS[2]
-    rf.judgments.write_text(json.dumps({"key": example_key(i, x, o), "rating": "D"}) + "\n")
+    rf.judgments_file.write_text(json.dumps({"key": example_key(i, x, o), "rating": "D"}) + "\n")
     si.Pipeline(rf).prepare(decontaminate=[])
     kept = [json.loads(line) for line in rf.all_instances.read_text().splitlines()]
     assert len(kept) == len(TASKS)
     assert [r.get("rating") for r in kept] == [None, None, "D", None, None]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from selfinstruct.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-    )
+cli = run_cli
 
 
 def test_cli_options_and_their_errors(tmp_path: Path) -> None:

@@ -91,11 +91,11 @@ def make_run(path: Path, *, run_json: bool = True) -> RunFolder:
     )
     keys = [example_key(e["instruction"], e["input"], e["output"]) for e in examples]
     _jsonl(
-        rf.judgments,
+        rf.judgments_file,
         [{"key": k, "rating": r} for k, r in zip(keys[:4], "AABD", strict=True)],
     )
     _jsonl(
-        rf.reviews,
+        rf.reviews_file,
         [
             {"key": keys[0], "rating": "C", "valid_instruction": False, "input_fits": None,
              "output_correct": None},

@@ -23,15 +23,14 @@ from typing import Any
 import pytest
 
 from selfinstruct.errors import ConfigError
-from selfinstruct.records import example_key
+from selfinstruct.records import Rating, example_key
 from selfinstruct.review import (
     ANSWER_FIELDS,
     RECORD_FIELDS,
     is_reviewed,
-    load_reviews,
     make_server,
-    read_unique_examples,
     sample_examples,
+    unique_rows,
 )
 from selfinstruct.runfolder import RunFolder
 
@@ -178,11 +177,9 @@ def listening_addresses(port: int) -> list[str]:
 
 
 def test_sample_is_seeded_in_file_order_and_counts_a_repeated_triple_once(run):
-    examples = read_unique_examples(run)
+    examples = unique_rows(run)
     assert len(examples) == 13  # 14 lines, one a repeat
-    assert [e.key for e in examples] == [
-        example_key(e.instruction, e.input, e.output) for e in examples
-    ]
+    assert [e.key for e in examples] == [example_key(*e.example.texts) for e in examples]
     a = sample_examples(examples, 5, seed=1)
     assert a == sample_examples(examples, 5, seed=1)
     assert [e.index for e in a] == sorted(e.index for e in a)
@@ -193,22 +190,24 @@ def test_sample_is_seeded_in_file_order_and_counts_a_repeated_triple_once(run):
 
 def test_load_reviews_takes_the_last_line_per_key(tmp_path):
     run = RunFolder(tmp_path)
-    assert load_reviews(run) == {}
+    assert run.reviews() == {}
     lines = [
         {"key": "k1", "rating": "A"},
         {"key": "k2", "rating": "C"},
         {"key": "k1", "rating": None, "valid_instruction": True},
     ]
-    run.reviews.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"key": "k3", "ra')
+    run.reviews_file.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"key": "k3", "ra')
     warnings: list[str] = []
-    reviews = load_reviews(run, warn=warnings.append)
-    assert reviews == {"k1": lines[2], "k2": lines[1]}
+    reviews = run.reviews(warn=warnings.append)
+    assert {k: r.record for k, r in reviews.items()} == {"k1": lines[2], "k2": lines[1]}
+    assert list(reviews) == ["k2", "k1"]  # in the order of each key's last line
     assert len(warnings) == 1 and "torn" in warnings[0]
-    assert not run.reviews.read_text().endswith("\n")  # read only: nothing cut without repair
+    assert not run.reviews_file.read_text().endswith("\n")  # read only: nothing cut without repair
     assert not is_reviewed(reviews["k1"])
-    assert is_reviewed(
-        {"rating": "D", "valid_instruction": False, "input_fits": False, "output_correct": False}
-    )
+    assert is_reviewed(Rating.from_dict(
+        {"key": "k", "rating": "D", "valid_instruction": False, "input_fits": False,
+         "output_correct": False}
+    ))  # fmt: skip
 
 
 def test_library_server_binds_loopback_and_refuses_other_hosts(run):
@@ -220,7 +219,7 @@ def test_library_server_binds_loopback_and_refuses_other_hosts(run):
         assert server.server_address[0] == "127.0.0.1"
         assert server.url == f"http://127.0.0.1:{server.server_address[1]}/"
         assert [r["key"] for r in server.session.state()["rows"]] == [
-            e.key for e in sample_examples(read_unique_examples(run), 3, 0)
+            e.key for e in sample_examples(unique_rows(run), 3, 0)
         ]
     finally:
         server.server_close()
@@ -274,7 +273,7 @@ def test_clicks_are_saved_at_once_and_survive_kill_9(run, serve):
         status, answer = server.post(click)
         assert status == 200, answer
         # Saved before the answer: the file already has this click's line.
-        assert len(run.reviews.read_text().splitlines()) == n
+        assert len(run.reviews_file.read_text().splitlines()) == n
     assert answer["reviewed"] == 1 and answer["sample"] == 5
     assert server.kill() == -signal.SIGKILL
 
@@ -304,12 +303,12 @@ def test_clicks_are_saved_at_once_and_survive_kill_9(run, serve):
     server.kill(signal.SIGINT)
     assert "stopped: 0 of 5 reviewed" in server.stderr
 
-    lines = [json.loads(x) for x in run.reviews.read_text().splitlines()]
+    lines = [json.loads(x) for x in run.reviews_file.read_text().splitlines()]
     assert len(lines) == 7
     for line in lines:
         assert tuple(line) == RECORD_FIELDS
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["at"])
-    reviews = load_reviews(run)
+    reviews = {k: r.record for k, r in run.reviews().items()}
     assert set(reviews) == {keys[0], keys[1]}
     for saved, shown in ((reviews[keys[0]], first), (reviews[keys[1]], second)):
         assert saved["key"] == example_key(shown["instruction"], shown["input"], shown["output"])
@@ -338,7 +337,7 @@ def test_one_review_page_per_run(run, serve):
     result = cli(str(run.path), "--port", "0")
     assert result.returncode == 5
     assert result.stderr.strip().splitlines() == [
-        f"error: {run.reviews}: another 'selfinstruct review' is serving this run;"
+        f"error: {run.reviews_file}: another 'selfinstruct review' is serving this run;"
         " use its page, or stop it first"
     ]
     server.kill()  # even a kill -9 frees the run for the next page
@@ -346,19 +345,19 @@ def test_one_review_page_per_run(run, serve):
 
 
 def test_a_torn_last_line_is_repaired_on_start_with_one_warning(run, serve):
-    keys = [e.key for e in sample_examples(read_unique_examples(run), 4, 0)]
+    keys = [e.key for e in sample_examples(unique_rows(run), 4, 0)]
     saved = {"key": keys[2], "instruction": "x", "input": "", "output": "y", "rating": "D"}
-    run.reviews.write_text(json.dumps(saved) + "\n" + '{"key": "' + keys[3] + '", "rati')
+    run.reviews_file.write_text(json.dumps(saved) + "\n" + '{"key": "' + keys[3] + '", "rati')
     server = serve(run, "--sample", "4")
-    assert run.reviews.read_text() == json.dumps(saved) + "\n"
+    assert run.reviews_file.read_text() == json.dumps(saved) + "\n"
     state = server.state()
     assert [r["rating"] for r in state["rows"]] == [None, None, "D", None]
     assert server.post({"key": keys[3], "rating": "B"})[0] == 200
     server.kill()
     warnings = [x for x in server.stderr.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and "torn last line" in warnings[0]
-    assert str(run.reviews) in warnings[0]
-    assert [json.loads(x)["rating"] for x in run.reviews.read_text().splitlines()] == ["D", "B"]
+    assert str(run.reviews_file) in warnings[0]
+    assert [json.loads(x)["rating"] for x in run.reviews_file.read_text().splitlines()] == ["D", "B"]
 
 
 def test_bad_posts_get_400_with_a_json_error_and_change_nothing(run, serve):
@@ -388,7 +387,7 @@ def test_bad_posts_get_400_with_a_json_error_and_change_nothing(run, serve):
     assert server.post({"key": key, "rating": "A"}, Host="evil.example")[0] == 403
     assert server.get("api/state", Host=f"evil.example:{server.port}")[0] == 403
     assert server.post(None, raw=b" " * 20000)[0] == 413
-    assert not run.reviews.exists() or run.reviews.read_text() == ""
+    assert not run.reviews_file.exists() or run.reviews_file.read_text() == ""
     # Still serving, and a good click goes through from the page's own origin.
     origin = f"http://localhost:{server.port}"
     status, answer = server.post({"key": key, "rating": "A"}, Origin=origin)
@@ -415,9 +414,9 @@ def test_concurrent_clicks_are_serialised_one_whole_line_each(run, serve):
     for t in threads:
         t.join(60)
     assert errors == []
-    lines = [json.loads(x) for x in run.reviews.read_text().splitlines()]
+    lines = [json.loads(x) for x in run.reviews_file.read_text().splitlines()]
     assert len(lines) == 4 * 13
-    assert all(is_reviewed(r) for r in load_reviews(run).values())
+    assert all(is_reviewed(r) for r in run.reviews().values())
     assert server.state()["reviewed"] == 13
 
 
@@ -535,7 +534,7 @@ def test_in_a_real_browser_clicks_and_keys_are_saved_and_shown_after_reload(
             button(row, field, value).click()
     wait.until(lambda d: progress() == "2 of 5 reviewed")
     wait.until(
-        lambda d: len(load_reviews(run)) == 2 and all(map(is_reviewed, load_reviews(run).values()))
+        lambda d: len(run.reviews()) == 2 and all(map(is_reviewed, run.reviews().values()))
     )
 
     # Keyboard: j to the third example, then a rating and the three answers.
@@ -544,7 +543,7 @@ def test_in_a_real_browser_clicks_and_keys_are_saved_and_shown_after_reload(
     wait.until(lambda d: progress() == "3 of 5 reviewed")
     assert "current" in browser.find_element(By.ID, "example-4").get_attribute("class")
     # The page shows a click at once; wait for the server to have it before reloading.
-    wait.until(lambda d: sum(map(is_reviewed, load_reviews(run).values())) == 3)
+    wait.until(lambda d: sum(map(is_reviewed, run.reviews().values())) == 3)
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#example-3 .status").text == "saved")
 
     browser.refresh()
@@ -556,10 +555,10 @@ def test_in_a_real_browser_clicks_and_keys_are_saved_and_shown_after_reload(
             assert button(row, field, value).get_attribute("aria-pressed") == "true"
             other = {"rating": "A" if value != "A" else "B"}.get(field, not value)
             assert button(row, field, other).get_attribute("aria-pressed") == "false"
-    saved = load_reviews(run)
+    saved = run.reviews()
     rows = server.state()["rows"]
     for row, values in answers.items():
-        review = saved[rows[row - 1]["key"]]
+        review = saved[rows[row - 1]["key"]].record
         assert tuple(review[f] for f in ANSWER_FIELDS) == values
 
     # The hostile instruction shows as text: no element made from it, no script run.

@@ -64,7 +64,9 @@ def answers(seed: int = 0):
     return answer
 
 
-def make_run(tmp_path, scripted, *, n=80, threshold=0.7, seed_tasks=None, argv=None, **extra):
+def make_run(
+    tmp_path, scripted, *, n=80, threshold=0.7, seed_tasks=None, argv=None, seed_file=None, **extra
+):
     seed_tasks = seed_tasks or seeds()
     settings = InstructionSettings(num_instructions=n, similarity_threshold=threshold, **extra)
     model = scripted(answers())
@@ -72,6 +74,7 @@ def make_run(tmp_path, scripted, *, n=80, threshold=0.7, seed_tasks=None, argv=N
     report = generate_instructions(ctx, seed_tasks, tmp_path, settings)
     config = dataclasses.asdict(settings)
     config["sampling"]["stop"] = list(config["sampling"]["stop"])
+    config["seed_tasks"] = None if seed_file is None else str(seed_file)  # as Pipeline records
     RunFile(tmp_path).record_step(
         report, command="generate-instructions", config=config, model=model.info, seed=42
     )
@@ -105,7 +108,7 @@ def test_at_the_run_threshold_the_replay_is_the_run(tmp_path, scripted):
         run,
         scripted,
         threshold=0.6,
-        argv=["generate-instructions", "--batch-dir", str(run), "--seed-tasks", str(seed_file)],
+        seed_file=seed_file,
     )
     assert report.dropped["too_similar"] >= 20
     data = load_sweep_input(run)
@@ -175,9 +178,17 @@ def test_classification_only_runs_replay_with_classification_seeds(tmp_path, scr
 
 
 def test_a_missing_recorded_seed_file_is_an_error(tmp_path, scripted):
-    make_run(tmp_path, scripted, n=5, argv=["run", "--seed-tasks=gone.jsonl"])
+    make_run(tmp_path, scripted, n=5)
+    data = json.loads(RunFolder(tmp_path).run_file.read_text())
+    data["config"]["instructions"]["seed_tasks"] = "gone.jsonl"
+    RunFolder(tmp_path).run_file.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="gone.jsonl"):
         sweep(tmp_path, [0.7])
+
+
+def test_the_seed_file_comes_from_the_config_never_the_command_line(tmp_path, scripted):
+    make_run(tmp_path, scripted, n=5, argv=["run", "--seed-tasks=gone.jsonl"])
+    assert load_sweep_input(tmp_path).seed_source == "the default seed set"
 
 
 def test_thresholds_option():

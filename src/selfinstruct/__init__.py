@@ -28,8 +28,8 @@ from selfinstruct.errors import (
 from selfinstruct.evaluation import evaluate
 from selfinstruct.models import Completion, Model, ModelInfo, Sampling, load_model
 from selfinstruct.pipeline import Pipeline
-from selfinstruct.records import SeedTask, TrainingExample
-from selfinstruct.runfolder import RunFolder
+from selfinstruct.records import Example, Rating, SeedTask
+from selfinstruct.runfolder import RunFolder, RunRecord
 from selfinstruct.similarity import RougeLIndex, rouge_l
 from selfinstruct.steps import StepReport
 
@@ -44,20 +44,22 @@ __all__ = [
     "ConfigError",
     "DataFileError",
     "EngineSettings",
+    "Example",
     "MissingExtraError",
     "Model",
     "ModelError",
     "ModelInfo",
     "Pipeline",
+    "Rating",
     "RougeLIndex",
     "RunFolder",
+    "RunRecord",
     "RunLockedError",
     "Sampling",
     "SeedFileError",
     "SeedTask",
     "SelfInstructError",
     "StepReport",
-    "TrainingExample",
     "__version__",
     "evaluate",
     "load_model",

@@ -413,10 +413,8 @@ def training_data_of(model_spec: str) -> Path | None:
     """The training data a fine-tuned local model was made from, where its folder says so:
     ``local?lora=DIR`` or ``local:DIR/model.gguf`` with ``DIR/finetune.json``. The split it
     trained on (``DIR/train.jsonl``) when kept, else the data file finetune.json names."""
-    import json
-
-    from selfinstruct.finetune.local import REPORT_FILE, TRAIN_FILE
     from selfinstruct.models.spec import parse_spec
+    from selfinstruct.runfolder import FinetuneFolder
 
     try:
         spec = parse_spec(model_spec)
@@ -430,18 +428,19 @@ def training_data_of(model_spec: str) -> Path | None:
         candidates.append(lora if lora.is_dir() else lora.parent)
     if spec.name:
         candidates.append(Path(spec.name).expanduser().parent)
-    for folder in candidates:
-        report = folder / REPORT_FILE
-        if not report.is_file():
-            continue
-        if (folder / TRAIN_FILE).is_file():
-            return folder / TRAIN_FILE
+    for path in candidates:
+        folder = FinetuneFolder(path)
         try:
-            recorded = json.loads(report.read_text("utf-8")).get("data", {}).get("file")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            report = folder.training_report()
+        except DataFileError:
             continue
-        if isinstance(recorded, str):
-            for path in (Path(recorded), folder.parent / recorded):
+        if report is None:
+            continue
+        if folder.train.is_file():
+            return folder.train
+        recorded = report.data_file
+        if recorded is not None:
+            for path in (Path(recorded), folder.path.parent / recorded):
                 if path.is_file():
                     return path
     return None

@@ -12,6 +12,8 @@ import random
 import re
 from typing import Any
 
+from selfinstruct.records import render_user
+
 END_TOKEN = "<|endoftext|>"
 
 # (prompt, completion) templates of the original release; {end} is the end token.
@@ -34,12 +36,6 @@ TEMPLATES_WITHOUT_INPUT = (
 )
 
 _FIELD_NAME = re.compile(r"(\w+):")
-
-
-def render_user(instruction: str, input: str = "") -> str:
-    """The user turn of an instruction and its input: instruction, blank line, input."""
-    instruction, input = instruction.strip(), input.strip()
-    return f"{instruction}\n\n{input}" if input else instruction
 
 
 def encode(

@@ -28,7 +28,7 @@ from selfinstruct.errors import BudgetExhausted, SelfInstructError
 from selfinstruct.io import write_atomic
 from selfinstruct.models import Model, load_model
 from selfinstruct.progress import Reporter
-from selfinstruct.records import SeedTask, example_key
+from selfinstruct.records import Example, SeedTask
 from selfinstruct.runfile import RunFile
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
@@ -203,7 +203,7 @@ class Pipeline:
 
         filters: list = []
         config: dict[str, Any] = {"min_rating": min_rating}
-        ratings = load_ratings(self.folder) if self.folder.judgments.exists() else {}
+        ratings = load_ratings(self.folder) if self.folder.judgments_file.exists() else {}
         if min_rating is not None:
             # How far the judge can be trusted, said before it is used to filter.
             self.reporter.info(calibration_line(self.folder))
@@ -366,10 +366,10 @@ def rating_filter(ratings: dict[str, str], minimum: str) -> Any:
 
     meets(None, minimum)  # a bad minimum fails here, before any work
 
-    def check(examples: list[tuple[str, str, str]]) -> list[dict | None]:
+    def check(examples: list[Example]) -> list[dict | None]:
         verdicts: list[dict | None] = []
         for example in examples:
-            rating = ratings.get(example_key(*example))
+            rating = ratings.get(example.key)
             if rating is None:
                 verdicts.append({"reason": "unrated"})
             elif meets(rating, minimum):
@@ -384,8 +384,8 @@ def rating_filter(ratings: dict[str, str], minimum: str) -> Any:
 def decontamination_filter(checker: Any) -> Any:
     """A step-4 filter that drops the examples overlapping an evaluation item."""
 
-    def check(examples: list[tuple[str, str, str]]) -> list[dict | None]:
-        hits = checker.check_many((i, x) for i, x, _ in examples)
+    def check(examples: list[Example]) -> list[dict | None]:
+        hits = checker.check_many((e.instruction or "", e.input) for e in examples)
         return [
             None if hit is None else {**hit.to_dict(), "reason": f"decontaminated_{hit.reason}"}
             for hit in hits

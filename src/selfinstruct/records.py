@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfinstruct.errors import DataFileError
+
 _YES = ("Yes", "yes", "YES")
 
 
@@ -72,17 +74,6 @@ class MachineInstruction:
             out["candidate_idx"] = self.candidate_idx
         return out
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MachineInstruction:
-        idx = d.get("candidate_idx")
-        return cls(
-            instruction=d["instruction"],
-            most_similar=dict(d.get("most_similar") or {}),
-            avg_similarity_score=float(d.get("avg_similarity_score", 0.0)),
-            metadata=dict(d.get("metadata") or {}),
-            request_idx=int(d.get("request_idx", 0)),
-            candidate_idx=None if idx is None else int(idx),
-        )
 
 
 @dataclass
@@ -113,17 +104,6 @@ class RejectedInstruction:
             "candidate_idx": self.candidate_idx,
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RejectedInstruction:
-        score = d.get("rouge_l")
-        return cls(
-            instruction=d.get("instruction"),
-            reason=str(d.get("reason", "")),
-            request_idx=int(d.get("request_idx", -1)),
-            candidate_idx=int(d.get("candidate_idx", -1)),
-            most_similar=d.get("most_similar"),
-            rouge_l=None if score is None else float(score),
-        )
 
 
 @dataclass
@@ -164,28 +144,144 @@ class InstanceGeneration:
             "avg_similarity_score": self.avg_similarity_score,
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InstanceGeneration:
-        return cls(
-            instruction=d["instruction"],
-            raw_instances=d.get("raw_instances") or "",
-            instance_metadata=dict(d.get("instance_metadata") or {}),
-            instruction_metadata=dict(d.get("instruction_metadata") or {}),
-            most_similar=dict(d.get("most_similar") or {}),
-            avg_similarity_score=float(d.get("avg_similarity_score") or 0.0),
-        )
 
 
 @dataclass(frozen=True)
-class TrainingExample:
-    """One (instruction, input, output) triple after filtering: `all_generated_instances.jsonl`."""
+class Example:
+    """One (instruction, input, output) example, wherever it is read or written.
 
-    instruction: str
-    input: str
-    output: str
+    Step 4's `all_generated_instances.jsonl`, the fine-tuning formats, the judge's and the
+    review page's samples and evaluation tasks all use this one type. `instruction` is None
+    only where a fine-tuning file's prompt cannot be split back (then `prompt` holds the whole
+    user turn). `rating` is the judge's rating step 4 kept it with; `drop` is a filter's
+    reason and details (the judge's rating, a decontamination overlap) for a dropped example;
+    `system` a chat file's system message; `id` names it in prediction files. Only the texts
+    take part in equality, so an example is the same whatever was said about it.
+    """
 
-    def to_dict(self) -> dict[str, str]:
-        return {"instruction": self.instruction, "input": self.input, "output": self.output}
+    instruction: str | None = None
+    input: str = ""
+    output: str = ""
+    rating: str | None = field(default=None, compare=False)
+    prompt: str | None = None
+    system: str | None = None
+    id: str | None = field(default=None, compare=False)
+    drop: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        """What judgments and reviews are keyed by (see `example_key`)."""
+        return example_key(self.instruction or self.prompt or "", self.input, self.output)
+
+    @property
+    def texts(self) -> tuple[str, str, str]:
+        return (self.instruction or "", self.input, self.output)
+
+    @property
+    def user(self) -> str:
+        """The user turn a model is trained on and asked: `render_user`, else the prompt."""
+        if self.instruction is None:
+            return self.prompt or ""
+        return render_user(self.instruction, self.input)
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        messages.append({"role": "user", "content": self.user})
+        messages.append({"role": "assistant", "content": self.output})
+        return messages
+
+    def to_dict(self) -> dict[str, Any]:
+        """The instances format when the instruction is known (with the rating, if any), else
+        prompt/response; a chat file's system message rides along."""
+        if self.instruction is None:
+            out: dict[str, Any] = {"prompt": self.prompt or "", "response": self.output}
+        else:
+            out = {"instruction": self.instruction, "input": self.input, "output": self.output}
+        if self.rating is not None:
+            out["rating"] = self.rating
+        if self.system is not None:
+            out["system"] = self.system
+        if self.drop is not None:
+            out.update(self.drop)
+        return out
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], where: str) -> Example:
+        """An instances-format record; DataFileError naming `where` (file:line) otherwise.
+        A null or missing input is the empty input."""
+        texts = []
+        for name in ("instruction", "input", "output"):
+            value = record.get(name)
+            if value is None and name != "instruction":
+                value = ""
+            if value is None:
+                raise DataFileError(f"{where}: missing field '{name}'")
+            if not isinstance(value, str):
+                raise DataFileError(f"{where}: field '{name}' is not text")
+            if name == "instruction" and not value.strip():
+                raise DataFileError(f"{where}: missing field 'instruction'")
+            texts.append(value)
+        rating = record.get("rating")
+        return cls(*texts, rating=rating if isinstance(rating, str) else None)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """One example's rating and answers to the paper's three questions: the last line of its
+    key in `judgments.jsonl` (the LLM judge) or `reviews.jsonl` (a person).
+
+    `rating` is the text as written ("A".."D" when readable; None when unrated); a question
+    not answered with a boolean is None. `record` is the whole line, for fields only one of
+    the two files has (the judge's `raw` answer and `reason`, the review's `at`).
+    """
+
+    key: str
+    rating: str | None
+    valid_instruction: bool | None
+    input_fits: bool | None
+    output_correct: bool | None
+    model: str | None
+    record: dict[str, Any] = field(compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Rating:
+        def answer(name: str) -> bool | None:
+            value = record.get(name)
+            return value if isinstance(value, bool) else None
+
+        rating, model = record.get("rating"), record.get("model")
+        return cls(
+            key=str(record["key"]),
+            rating=None if rating is None else str(rating),
+            valid_instruction=answer("valid_instruction"),
+            input_fits=answer("input_fits"),
+            output_correct=answer("output_correct"),
+            model=model if isinstance(model, str) else None,
+            record=record,
+        )
+
+    @property
+    def answers(self) -> dict[str, bool | None]:
+        """The three questions' answers by field name."""
+        return {
+            "valid_instruction": self.valid_instruction,
+            "input_fits": self.input_fits,
+            "output_correct": self.output_correct,
+        }
+
+    def example(self) -> Example | None:
+        """The example's texts, where the line carries them."""
+        instruction, output = self.record.get("instruction"), self.record.get("output")
+        inp = self.record.get("input") or ""
+        if isinstance(instruction, str) and isinstance(output, str) and isinstance(inp, str):
+            return Example(instruction, inp, output)
+        return None
+
+
+def render_user(instruction: str, input: str = "") -> str:
+    """The user turn of an instruction and its input: instruction, blank line, input."""
+    instruction, input = instruction.strip(), input.strip()
+    return f"{instruction}\n\n{input}" if input else instruction
 
 
 def example_key(instruction: str, input: str, output: str) -> str:

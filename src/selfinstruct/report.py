@@ -26,6 +26,7 @@ import random
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,9 +35,11 @@ from typing import Any
 import numpy as np
 
 from selfinstruct.errors import ConfigError, DataFileError, SeedFileError
-from selfinstruct.io import iter_jsonl, write_atomic
-from selfinstruct.records import example_key
-from selfinstruct.runfolder import RunFolder
+from selfinstruct.io import write_atomic
+from selfinstruct.judge.rubric import QUESTION_TEXT, QUESTIONS, RATING_MEANING
+from selfinstruct.judge.rubric import RATING_ORDER as RATINGS
+from selfinstruct.records import Example, Rating
+from selfinstruct.runfolder import RunFolder, RunRecord
 from selfinstruct.verbs import Pair, verb_noun_pairs
 
 Progress = Callable[[str], None]
@@ -45,22 +48,9 @@ HTML_FILE = "report.html"
 STATS_FILE = "stats.json"
 PARSE_CACHE_FILE = "verb_noun_cache.json"
 
-RATINGS = ("A", "B", "C", "D")
-RATING_MEANING = {
-    "A": "valid and satisfying",
-    "B": "acceptable, minor imperfections",
-    "C": "responds, significant errors",
-    "D": "irrelevant or invalid",
-}
-QUESTIONS = {
-    "valid_instruction": "Does the instruction describe a valid task?",
-    "input_fits": "Is the input appropriate for the instruction?",
-    "output_correct": "Is the output a correct and acceptable response?",
-}
 TOP_VERBS = 20
 TOP_NOUNS = 4
 DEFAULT_THRESHOLD = 0.7
-_SEED_OPTIONS = ("--seed-tasks", "--seed-tasks-path", "--seed_tasks_path")
 
 
 @dataclass
@@ -91,15 +81,15 @@ class ReportResult:
 @dataclass
 class _Run:
     rf: RunFolder
-    run_json: dict[str, Any] | None
+    record: RunRecord  # run.json
     instructions: list[dict[str, Any]] | None  # step 1 records
     labels: dict[str, bool] | None
     labels_file: Path | None
     instance_tasks: int | None  # step 3: distinct instructions with an answer
-    examples: list[dict[str, Any]] | None  # step 4
+    examples: list[Example] | None  # step 4
     rejected: list[dict[str, Any]] | None
-    judgments: dict[str, dict[str, Any]] | None  # last record per key
-    reviews: dict[str, dict[str, Any]] | None
+    judgments: dict[str, Rating] | None  # last record per key
+    reviews: dict[str, Rating] | None
 
 
 def _step_files(rf: RunFolder) -> list[Path]:
@@ -110,46 +100,6 @@ def _step_files(rf: RunFolder) -> list[Path]:
 def _check_not_empty(path: Path, records: Iterable[Any]) -> None:
     if not any(True for _ in records):
         raise DataFileError(f"{path}: empty file (no records); rerun the step that writes it")
-
-
-def _read_run_json(rf: RunFolder) -> dict[str, Any] | None:
-    if not rf.run_file.exists():
-        return None
-    try:
-        data = json.loads(rf.run_file.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataFileError(f"{rf.run_file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise DataFileError(f"{rf.run_file}: expected a JSON object")
-    return data
-
-
-def _choose_labels_file(rf: RunFolder, run_json: dict[str, Any] | None) -> Path | None:
-    found = rf.classification_files()
-    if not found:
-        return None
-    if len(found) == 1:
-        return found[0]
-    name = ((run_json or {}).get("model") or {}).get("name")
-    if isinstance(name, str) and rf.classification_file_for(name).exists():
-        return rf.classification_file_for(name)
-    return max(found, key=lambda p: p.stat().st_mtime)  # the newest
-
-
-def _last_per_key(path: Path, warn: Progress) -> dict[str, dict[str, Any]]:
-    """Rating records by example key, the last line of each key winning."""
-    out: dict[str, dict[str, Any]] = {}
-    skipped = 0
-    for record in iter_jsonl(path, warn=warn):
-        key = record.get("key")
-        if not isinstance(key, str) or not key:
-            skipped += 1
-            continue
-        out.pop(key, None)  # keep the order of the last rating
-        out[key] = record
-    if skipped:
-        warn(f"{path}: {skipped} line(s) without a 'key' ignored")
-    return out
 
 
 def _check_run_folder(rf: RunFolder) -> None:
@@ -172,13 +122,11 @@ def _read_instructions(rf: RunFolder, warn: Progress) -> list[dict[str, Any]] | 
     return instructions
 
 
-def _read_labels(
-    rf: RunFolder, run_json: dict[str, Any] | None, warn: Progress
-) -> tuple[dict[str, bool] | None, Path | None]:
-    """Step 2's labels from the file `_choose_labels_file` picks, and that file."""
-    labels_file = _choose_labels_file(rf, run_json)
-    if labels_file is None:
+def _read_labels(rf: RunFolder, warn: Progress) -> tuple[dict[str, bool] | None, Path | None]:
+    """Step 2's labels from the file the run folder's one policy picks, and that file."""
+    if not rf.classification_files():
         return None, None
+    labels_file = rf.find_classification_file()
     labels = rf.read_labels([labels_file], warn=warn)
     _check_not_empty(labels_file, labels)
     return labels, labels_file
@@ -187,23 +135,16 @@ def _read_labels(
 def _count_instance_tasks(rf: RunFolder, warn: Progress) -> int | None:
     if not rf.instances.exists():
         return None
-    seen = {
-        r["instruction"]
-        for r in iter_jsonl(rf.instances, warn=warn)
-        if isinstance(r.get("instruction"), str)
-    }
+    seen = {r["instruction"] for r in rf.read_instance_generations(warn=warn)
+            if isinstance(r.get("instruction"), str)}  # fmt: skip
     _check_not_empty(rf.instances, seen)
     return len(seen)
 
 
-def _read_examples(rf: RunFolder, warn: Progress) -> list[dict[str, Any]] | None:
+def _read_examples(rf: RunFolder, warn: Progress) -> list[Example] | None:
     if not rf.all_instances.exists():
         return None
-    examples = []
-    for number, r in enumerate(rf.read_examples(warn=warn), start=1):
-        if not isinstance(r.get("instruction"), str):
-            raise DataFileError(f"{rf.all_instances}:{number}: missing field 'instruction'")
-        examples.append(r)
+    examples = rf.read_examples(warn=warn)
     _check_not_empty(rf.all_instances, examples)
     return examples
 
@@ -211,20 +152,20 @@ def _read_examples(rf: RunFolder, warn: Progress) -> list[dict[str, Any]] | None
 def _read_run(rf: RunFolder, warn: Progress) -> _Run:
     """Every step file of the run, read in the steps' order (so are the warnings)."""
     _check_run_folder(rf)
-    run_json = _read_run_json(rf)
+    record = rf.run_record()
     instructions = _read_instructions(rf, warn)
-    labels, labels_file = _read_labels(rf, run_json, warn)
+    labels, labels_file = _read_labels(rf, warn)
     return _Run(
         rf,
-        run_json,
+        record,
         instructions,
         labels,
         labels_file,
         _count_instance_tasks(rf, warn),
         _read_examples(rf, warn),
-        list(iter_jsonl(rf.rejected, warn=warn)) if rf.rejected.exists() else None,
-        _last_per_key(rf.judgments, warn) if rf.judgments.exists() else None,
-        _last_per_key(rf.reviews, warn) if rf.reviews.exists() else None,
+        rf.read_rejected(warn=warn) if rf.rejected.exists() else None,
+        rf.judgments(warn=warn) if rf.judgments_file.exists() else None,
+        rf.reviews(warn=warn) if rf.reviews_file.exists() else None,
     )
 
 
@@ -245,7 +186,7 @@ def _instruction_texts(run: _Run) -> list[str]:
     if run.instructions is not None:
         return [r["instruction"] for r in run.instructions]
     if run.examples is not None:
-        return list(dict.fromkeys(str(r["instruction"]) for r in run.examples))
+        return list(dict.fromkeys(str(e.instruction) for e in run.examples))
     return list(run.labels or {})
 
 
@@ -266,39 +207,23 @@ def _file_counts(run: _Run) -> dict[str, Any]:
     if run.instance_tasks is not None:
         counts[rf.instances.name] = {"tasks_with_instances": run.instance_tasks}
     if run.examples is not None:
-        empty = sum(1 for r in run.examples if not str(r.get("input") or "").strip())
+        empty = sum(1 for e in run.examples if not e.input.strip())
         counts[f"{rf.finetuning_dir.name}/{rf.all_instances.name}"] = {
             "examples": len(run.examples),
-            "distinct_instructions": len({r["instruction"] for r in run.examples}),
+            "distinct_instructions": len({e.instruction for e in run.examples}),
             "with_empty_input": empty,
         }
-    for name, data in (("judgments", run.judgments), ("reviews", run.reviews)):
+    for path, data in ((rf.judgments_file, run.judgments), (rf.reviews_file, run.reviews)):
         if data is not None:
-            counts[getattr(rf, name).name] = {"rated_examples": len(data)}
+            counts[path.name] = {"rated_examples": len(data)}
     return counts
 
 
-def _run_json_steps(run_json: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not run_json or not isinstance(run_json.get("steps"), dict):
+def _run_json_steps(record: RunRecord) -> dict[str, Any] | None:
+    steps = record.steps
+    if steps is None:
         return None
-    steps = {}
-    for name, step in run_json["steps"].items():
-        if not isinstance(step, dict):
-            continue
-        steps[name] = {
-            "counts": _numbers(step.get("counts")),
-            "dropped": _numbers(step.get("dropped")),
-            "usage": _numbers(step.get("usage")),
-            "complete": step.get("complete"),
-            "invocations": step.get("invocations"),
-        }
-    return steps
-
-
-def _numbers(d: Any) -> dict[str, float | int]:
-    if not isinstance(d, dict):
-        return {}
-    return {str(k): v for k, v in d.items() if isinstance(v, int | float) and v is not True}
+    return {name: dataclasses.asdict(step) for name, step in steps.items()}
 
 
 def _table1(run: _Run, texts: list[str]) -> dict[str, Any]:
@@ -313,13 +238,13 @@ def _table1(run: _Run, texts: list[str]) -> dict[str, Any]:
     if texts:
         t["avg_instruction_words"] = float(np.mean([_words(x) for x in texts]))
     if run.examples is not None:
-        inputs = [str(r.get("input") or "") for r in run.examples]
+        inputs = [e.input for e in run.examples]
         non_empty = [x for x in inputs if x.strip()]
         t["instances"] = len(run.examples)
         t["instances_with_empty_input"] = len(inputs) - len(non_empty)
         if non_empty:
             t["avg_nonempty_input_words"] = float(np.mean([_words(x) for x in non_empty]))
-        t["avg_output_words"] = float(np.mean([_words(r.get("output")) for r in run.examples]))
+        t["avg_output_words"] = float(np.mean([_words(e.output) for e in run.examples]))
     return t
 
 
@@ -347,26 +272,15 @@ def _verb_stats(
     return stats, top
 
 
-def _seed_instructions(
-    run_json: dict[str, Any] | None, seed_tasks: str | Path | None
-) -> tuple[list[str], str]:
-    """The seed instructions Figure 3 compares with, and where they came from."""
+def _seed_instructions(record: RunRecord, seed_tasks: str | Path | None) -> tuple[list[str], str]:
+    """The seed instructions Figure 3 compares with, and where they came from: the file
+    given, else the one step 1's config records (when it is still there), else our default."""
     from selfinstruct import seeds
 
     path: Path | None = Path(seed_tasks) if seed_tasks is not None else None
     source = "given"
-    if path is None and run_json:
-        argv = run_json.get("argv") or []
-        for i, arg in enumerate(argv):
-            if not isinstance(arg, str):
-                continue
-            if arg in _SEED_OPTIONS and i + 1 < len(argv):
-                path = Path(str(argv[i + 1]))
-            elif arg.split("=", 1)[0] in _SEED_OPTIONS and "=" in arg:
-                path = Path(arg.split("=", 1)[1])
-        source = "from run.json's command line"
-        if path is not None and not path.exists():
-            path = None
+    if path is None:
+        path, source = record.find_seed_file(), "from run.json's config"
     if path is None:
         return [t.instruction for t in seeds.default()], "the built-in 175 seed tasks"
     try:
@@ -451,24 +365,23 @@ def _summary(values: Iterable[float]) -> dict[str, float] | None:
     }
 
 
-def _rating_stats(records: dict[str, dict[str, Any]], keys: set[str] | None) -> dict[str, Any]:
+def _rating_stats(records: dict[str, Rating], keys: set[str] | None) -> dict[str, Any]:
     ratings: Counter[str] = Counter()
     for r in records.values():
-        value = r.get("rating")
-        if isinstance(value, str) and value.strip().upper() in RATINGS:
-            ratings[value.strip().upper()] += 1
-        elif value is None:
+        if r.rating is not None and r.rating.strip().upper() in RATINGS:
+            ratings[r.rating.strip().upper()] += 1
+        elif r.rating is None:
             ratings["unrated"] += 1
         else:
             ratings["invalid"] += 1
     rated = sum(ratings[g] for g in RATINGS)
     questions = {}
     for q in QUESTIONS:
-        answers = [r.get(q) for r in records.values() if isinstance(r.get(q), bool)]
+        answers = [r.answers[q] for r in records.values() if r.answers[q] is not None]
         if answers:
             questions[q] = {"answered": len(answers), "yes": sum(answers)}
             questions[q]["share_yes"] = _share(sum(answers), len(answers))
-    all_three = [r for r in records.values() if all(isinstance(r.get(q), bool) for q in QUESTIONS)]
+    all_three = [r for r in records.values() if None not in r.answers.values()]
     out: dict[str, Any] = {
         "examples": len(records),
         "rated": rated,
@@ -479,7 +392,7 @@ def _rating_stats(records: dict[str, dict[str, Any]], keys: set[str] | None) -> 
         "questions": questions,
     }
     if all_three:
-        ok = sum(all(r[q] for q in QUESTIONS) for r in all_three)
+        ok = sum(all(r.answers.values()) for r in all_three)
         out["all_fields_valid"] = {
             "answered": len(all_three),
             "yes": ok,
@@ -527,24 +440,14 @@ def _similarity(
     seed: int,
 ) -> _Similarity:
     progress("scoring ROUGE-L to the seed tasks")
-    seeds, seed_source = _seed_instructions(data.run_json, seed_tasks)
+    seeds, seed_source = _seed_instructions(data.record, seed_tasks)
     to_seeds = _max_to(seeds, texts)
     to_pool, lacking, computed = _pool_scores(
         texts, data.instructions, seeds, progress, limit=pool_sample, seed=seed
     )
-    threshold = _similarity_threshold(data.run_json or {})
+    threshold = data.record.similarity_threshold or DEFAULT_THRESHOLD
     known = to_pool[~np.isnan(to_pool)]
     return _Similarity(len(seeds), seed_source, threshold, to_seeds, known, lacking, computed)
-
-
-def _similarity_threshold(run_json: dict[str, Any]) -> float:
-    """Step 1's threshold in run.json's config, else the default."""
-    threshold = (
-        (run_json.get("config") or {})
-        .get("instructions", {})
-        .get("similarity_threshold", DEFAULT_THRESHOLD)
-    )
-    return threshold if isinstance(threshold, int | float) else DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -565,23 +468,17 @@ class _Lengths:
         }
 
 
-def _lengths(texts: list[str], examples: list[dict[str, Any]]) -> _Lengths:
+def _lengths(texts: list[str], examples: list[Example]) -> _Lengths:
     instr_len = [_words(x) for x in texts]
-    inputs = [str(r.get("input") or "") for r in examples]
-    input_len = [_words(x) for x in inputs if x.strip()]
-    out_with = [_words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if x.strip()]
-    out_without = [
-        _words(r.get("output")) for r, x in zip(examples, inputs, strict=True) if not x.strip()
-    ]
+    input_len = [_words(e.input) for e in examples if e.input.strip()]
+    out_with = [_words(e.output) for e in examples if e.input.strip()]
+    out_without = [_words(e.output) for e in examples if not e.input.strip()]
     return _Lengths(instr_len, input_len, out_with, out_without)
 
 
 def _ratings(data: _Run) -> dict[str, Any]:
     """The statistics of the LLM judge's and the person's ratings, where they exist."""
-    keys = {
-        example_key(str(r["instruction"]), str(r.get("input") or ""), str(r.get("output") or ""))
-        for r in data.examples
-    } if data.examples is not None else None  # fmt: skip
+    keys = {e.key for e in data.examples} if data.examples is not None else None
     ratings = {}
     if data.judgments is not None:
         ratings["LLM judge"] = _rating_stats(data.judgments, keys)
@@ -598,27 +495,28 @@ def _rejected_stats(rejected: list[dict[str, Any]] | None) -> dict[str, Any] | N
 
 
 def _draw_samples(
-    examples: list[dict[str, Any]], texts: list[str], rows: int, seed: int
+    examples: list[Example], texts: list[str], rows: int, seed: int
 ) -> list[dict[str, Any]]:
     """``rows`` examples drawn with ``random.Random(seed)``; instructions alone where the run
     has no examples."""
     rng = random.Random(seed)
-    samples = rng.sample(examples, min(rows, len(examples))) if examples else []
+    drawn = rng.sample(examples, min(rows, len(examples))) if examples else []
+    samples = [e.to_dict() for e in drawn]
     if not samples and rows and not examples:
         samples = [{"instruction": t} for t in rng.sample(texts, min(rows, len(texts)))]
     return samples
 
 
-def _run_header(rf: RunFolder, run_json: dict[str, Any]) -> dict[str, Any]:
+def _run_header(rf: RunFolder, record: RunRecord) -> dict[str, Any]:
     """The run's folder, name, model, token usage and cost."""
-    model = run_json.get("model") or {}
+    model = record.model
     model_name = f"{model.get('backend', '')}:{model.get('name', '')}" if model else None
     return {
         "path": str(rf.path),
         "name": rf.path.resolve().name,
         "model": model_name,
-        "usage": _numbers(run_json.get("usage")),
-        "cost_usd": run_json.get("cost_usd"),
+        "usage": record.usage,
+        "cost_usd": record.cost_usd,
     }
 
 
@@ -1152,7 +1050,7 @@ def _questions_table(sources: dict[str, Any]) -> str:
     """The share of yes to each question per source."""
     names = list(sources)
     rows = []
-    for q, text in [*QUESTIONS.items(), ("all_fields_valid", "All three fields valid")]:
+    for q, text in [*QUESTION_TEXT.items(), ("all_fields_valid", "All three fields valid")]:
         row = [text]
         for n in names:
             a = sources[n]["questions"].get(q) or sources[n].get(q)
@@ -1204,8 +1102,8 @@ def build_report(
     ``out_dir`` defaults to the run's ``report/`` folder. ``sample_rows`` examples are drawn
     with ``random.Random(seed)``. ``progress`` is told what is being done and every warning.
     ``parser`` chooses the verb/object parse (see :func:`selfinstruct.verbs.resolve_parser`).
-    ``seed_tasks`` is the seed file Figure 3 compares with; by default the one on run.json's
-    command line, else the built-in seed tasks. Where more than ``pool_sample`` instructions
+    ``seed_tasks`` is the seed file Figure 3 compares with; by default the one step 1's
+    config in run.json records, else the built-in seed tasks. Where more than ``pool_sample`` instructions
     lack step 1's ``most_similar``, their ROUGE-L to the pool is computed on a seeded random
     sample of that many (the computation grows with the square of the pool).
 
@@ -1273,10 +1171,10 @@ def _analyse(
 def _stats(data: _Run, found: _Analysis, seed: int, warnings: list[str]) -> dict[str, Any]:
     """Every number the page shows, in stats.json's order."""
     return {
-        "run": _run_header(data.rf, data.run_json or {}),
+        "run": _run_header(data.rf, data.record),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
-        "steps_run_json": _run_json_steps(data.run_json),
+        "steps_run_json": _run_json_steps(data.record),
         "file_counts": _file_counts(data),
         "table1": _table1(data, found.texts),
         "verbs": found.verbs,

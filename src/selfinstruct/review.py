@@ -4,9 +4,9 @@
 examples (`RunFolder.read_examples()`). For each example the reviewer gives the paper's
 four-level rating (A-D) and answers its three quality questions (valid instruction? fitting
 input? correct output?). Every click is saved before the server answers: one JSONL line in
-`RunFolder.reviews` carrying the whole state of that example, appended with a single `os.write`
-under a lock. The last line per key is the current state, so `load_reviews(run)` (which the
-report and the judge calibration reuse) returns each reviewed example's latest answers.
+`RunFolder.reviews_file` carrying the whole state of that example, appended with a single
+`os.write` under a lock. The last line per key is the current state, so `RunFolder.reviews()`
+(which the report and the judge calibration read too) returns each example's latest answers.
 
 The page binds to loopback only, checks the Host header of every request, and takes answers
 only as `application/json` from its own origin, so neither another machine nor another web site
@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import ConfigError, DataFileError, RunLockedError
-from selfinstruct.io import JsonlAppender, iter_jsonl
-from selfinstruct.records import example_key
+from selfinstruct.io import JsonlAppender
+from selfinstruct.judge.rubric import QUESTION_TEXT, QUESTIONS, RATING_GUIDE, RATING_ORDER
+from selfinstruct.records import Example, Rating
 from selfinstruct.runfolder import RunFolder
 
 Warn = Callable[[str], None]
@@ -44,21 +45,7 @@ DEFAULT_SEED = 0
 # The only address the page is served on; "localhost" is accepted as another name for it.
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
-RATINGS = ("A", "B", "C", "D")
-# The paper's four-level rubric for a model's response, in our words.
-RUBRIC = {
-    "A": "Valid and satisfying: it does what the instruction asks, and does it well.",
-    "B": "Acceptable, with small mistakes or imperfections.",
-    "C": "On topic, answering the instruction, but with serious errors in its content.",
-    "D": "Off topic or entirely wrong: not a usable response.",
-}
-# The paper's three quality questions, each answered yes or no: (field, question).
-QUESTIONS = (
-    ("valid_instruction", "Does the instruction describe a valid task?"),
-    ("input_fits", "Is the input appropriate for the instruction?"),
-    ("output_correct", "Is the output a correct and acceptable response?"),
-)
-ANSWER_FIELDS = ("rating", *(field for field, _ in QUESTIONS))
+ANSWER_FIELDS = ("rating", *QUESTIONS)
 RECORD_FIELDS = ("key", "instruction", "input", "output", *ANSWER_FIELDS, "at")
 
 MAX_BODY = 16 * 1024  # bytes in one POST: a click is a few dozen
@@ -80,51 +67,40 @@ def _ignore(_: str) -> None:
     pass
 
 
-def is_reviewed(review: dict[str, Any] | None) -> bool:
+def is_reviewed(review: Rating | None) -> bool:
     """Whether an example has its rating and all three answers."""
-    return review is not None and all(review.get(field) is not None for field in ANSWER_FIELDS)
+    return (
+        review is not None
+        and review.rating is not None
+        and all(v is not None for v in review.answers.values())
+    )
 
 
 @dataclass(frozen=True)
-class SampledExample:
-    """One example of the sample: its key, its position in the examples file, its texts."""
+class SampleRow:
+    """One example of the sample and its position in the examples file (first of its key)."""
 
-    key: str
     index: int
-    instruction: str
-    input: str
-    output: str
+    example: Example
+
+    @property
+    def key(self) -> str:
+        return self.example.key
 
 
-def read_unique_examples(run: RunFolder, *, warn: Warn = _ignore) -> list[SampledExample]:
-    """Step 4's examples, once each (by key), in file order; errors name file and record."""
-    path = run.all_instances
-    examples: list[SampledExample] = []
-    seen: set[str] = set()
-    for number, record in enumerate(run.read_examples(warn=warn), start=1):
-        texts = []
-        for field in ("instruction", "input", "output"):
-            value = record.get(field, "" if field == "input" else None)
-            if value is None:
-                value = ""
-            if not isinstance(value, str):
-                raise DataFileError(f"{path}: record {number}: field '{field}' is not text")
-            texts.append(value)
-        if not texts[0].strip():
-            raise DataFileError(f"{path}: record {number}: missing field 'instruction'")
-        key = example_key(*texts)
-        if key in seen:
-            continue
-        seen.add(key)
-        examples.append(SampledExample(key, number - 1, *texts))
-    if not examples:
-        raise DataFileError(f"{path}: no examples to review (step 4 kept none)")
-    return examples
+def unique_rows(run: RunFolder, *, warn: Warn = _ignore) -> list[SampleRow]:
+    """Step 4's examples once each (by key), in file order, with their positions."""
+    rows: dict[str, SampleRow] = {}
+    for index, example in enumerate(run.read_examples(warn=warn)):
+        rows.setdefault(example.key, SampleRow(index, example))
+    if not rows:
+        raise DataFileError(f"{run.all_instances}: no examples to review (step 4 kept none)")
+    return list(rows.values())
 
 
 def sample_examples(
-    examples: list[SampledExample], size: int = DEFAULT_SAMPLE, seed: int = DEFAULT_SEED
-) -> list[SampledExample]:
+    examples: list[SampleRow], size: int = DEFAULT_SAMPLE, seed: int = DEFAULT_SEED
+) -> list[SampleRow]:
     """`size` examples drawn with `random.Random(seed)`, shown in file order; all if fewer.
 
     The same examples and seed always give the same sample, so a restarted page shows the
@@ -134,24 +110,6 @@ def sample_examples(
         raise ConfigError(f"--sample {size}: must be at least 1")
     chosen = random.Random(seed).sample(range(len(examples)), min(size, len(examples)))
     return [examples[i] for i in sorted(chosen)]
-
-
-def load_reviews(
-    run: RunFolder | str | Path, *, repair: bool = False, warn: Warn | None = None
-) -> dict[str, dict[str, Any]]:
-    """Each reviewed example's current answers by key: the last line per key of reviews.jsonl.
-
-    A torn last line (a write cut by a kill) is skipped and reported to `warn`; `repair` also
-    cuts it from the file. Returns {} when nothing has been reviewed.
-    """
-    run = run if isinstance(run, RunFolder) else RunFolder(run)
-    reviews: dict[str, dict[str, Any]] = {}
-    for number, record in enumerate(iter_jsonl(run.reviews, repair=repair, warn=warn), start=1):
-        key = record.get("key")
-        if not isinstance(key, str) or not key:
-            raise DataFileError(f"{run.reviews}: record {number}: missing field 'key'")
-        reviews[key] = record
-    return reviews
 
 
 class ReviewInputError(ValueError):
@@ -178,15 +136,15 @@ class ReviewSession:
         if not self.run.path.is_dir():
             raise ConfigError(f"{self.run.path}: no such run folder")
         self.seed = seed
-        examples = read_unique_examples(self.run, warn=warn)
+        examples = unique_rows(self.run, warn=warn)
         self.total_examples = len(examples)
         self.rows = sample_examples(examples, sample, seed)
         self._by_key = {row.key: row for row in self.rows}
         self._lock = threading.Lock()
         self._hold = self._hold_reviews_file()
         try:
-            self._reviews = load_reviews(self.run, repair=True, warn=warn)
-            self._appender: JsonlAppender | None = JsonlAppender(self.run.reviews, fsync=True)
+            self._reviews = self.run.reviews(repair=True, warn=warn)
+            self._appender: JsonlAppender | None = JsonlAppender(self.run.reviews_file, fsync=True)
         except BaseException:
             os.close(self._hold)
             raise
@@ -194,13 +152,13 @@ class ReviewSession:
     def _hold_reviews_file(self) -> int:
         """One review page per run: a second would merge clicks into stale answers. The lock
         (flock on reviews.jsonl) goes with the process, however it ends."""
-        fd = os.open(self.run.reviews, os.O_RDONLY | os.O_CREAT, 0o644)
+        fd = os.open(self.run.reviews_file, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise RunLockedError(
-                f"{self.run.reviews}: another 'selfinstruct review' is serving this run;"
+                f"{self.run.reviews_file}: another 'selfinstruct review' is serving this run;"
                 " use its page, or stop it first"
             ) from None
         return fd
@@ -221,14 +179,15 @@ class ReviewSession:
         with self._lock:
             rows = []
             for row in self.rows:
-                saved = self._reviews.get(row.key) or {}
+                found = self._reviews.get(row.key)
+                saved = found.record if found is not None else {}
                 rows.append(
                     {
                         "key": row.key,
                         "index": row.index,
-                        "instruction": row.instruction,
-                        "input": row.input,
-                        "output": row.output,
+                        "instruction": row.example.instruction,
+                        "input": row.example.input,
+                        "output": row.example.output,
                         **{field: saved.get(field) for field in ANSWER_FIELDS},
                         "at": saved.get("at"),
                     }
@@ -239,8 +198,8 @@ class ReviewSession:
                 "examples": self.total_examples,
                 "sample": len(self.rows),
                 "reviewed": self.reviewed(),
-                "rubric": [{"rating": r, "text": RUBRIC[r]} for r in RATINGS],
-                "questions": [{"field": f, "text": q} for f, q in QUESTIONS],
+                "rubric": [{"rating": r, "text": RATING_GUIDE[r]} for r in RATING_ORDER],
+                "questions": [{"field": f, "text": q} for f, q in QUESTION_TEXT.items()],
                 "rows": rows,
             }
 
@@ -255,18 +214,19 @@ class ReviewSession:
             if self._appender is None:
                 raise ReviewInputError("the review server is stopping")
             row = self._by_key[body["key"]]
-            saved = self._reviews.get(row.key) or {}
+            found = self._reviews.get(row.key)
+            saved = found.record if found is not None else {}
             record = {
                 "key": row.key,
-                "instruction": row.instruction,
-                "input": row.input,
-                "output": row.output,
+                "instruction": row.example.instruction,
+                "input": row.example.input,
+                "output": row.example.output,
                 **{field: saved.get(field) for field in ANSWER_FIELDS},
             }
             record.update(changes)
             record["at"] = _now()
             self._appender.write(record)
-            self._reviews[row.key] = record
+            self._reviews[row.key] = Rating.from_dict(record)
             return {"review": record, "reviewed": self.reviewed(), "sample": len(self.rows)}
 
     def _validate(self, body: Any) -> dict[str, Any]:
@@ -282,9 +242,9 @@ class ReviewSession:
         if not changes:
             raise ReviewInputError("nothing to save: give a rating or an answer")
         rating = changes.get("rating")
-        if "rating" in changes and rating is not None and rating not in RATINGS:
+        if "rating" in changes and rating is not None and rating not in RATING_ORDER:
             raise ReviewInputError(f"rating {rating!r}: expected one of A, B, C, D or null")
-        for field, _ in QUESTIONS:
+        for field in QUESTIONS:
             value = changes.get(field)
             if field in changes and value is not None and not isinstance(value, bool):
                 raise ReviewInputError(f"{field} {value!r}: expected true, false or null")

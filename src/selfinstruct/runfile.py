@@ -77,15 +77,13 @@ def cost(usage: Usage, price: tuple[float, float] | None) -> float | None:
 
 
 class RunFile:
+    """run.json's writer (`RunFolder.run_record()` is its typed reader, and this starts from
+    what it reads: a file that is not a JSON object is a DataFileError, never overwritten)."""
+
     def __init__(self, folder: str | Path | RunFolder):
-        self.path = RunFolder.of(folder).run_file
-        self.data: dict[str, Any] = {}
-        if self.path.exists():
-            try:
-                self.data = json.loads(self.path.read_text("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                # Written atomically, so this is someone else's file: start a fresh record.
-                self.data = {}
+        record = RunFolder.of(folder).run_record()
+        self.path = record.path
+        self.data: dict[str, Any] = dict(record.data)
 
     def record_step(
         self,

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import DataFileError, RunLockedError
 from selfinstruct.io import iter_jsonl
-from selfinstruct.records import is_yes
+from selfinstruct.records import Example, Rating, is_yes
 
 Warn = Callable[[str], None]
 
@@ -33,9 +35,131 @@ def _ignore(_: str) -> None:
     pass
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding one object (run.json, finetune.json); DataFileError otherwise."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DataFileError(f"{path}: expected a JSON object")
+    return data
+
+
 def engine_slug(name: str) -> str:
     """A model name as it appears in file names (the original's {engine} part)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step's entry in run.json: its last invocation's counts, drops and usage summed
+    over invocations."""
+
+    counts: dict[str, Any] = field(default_factory=dict)
+    dropped: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+    complete: bool | None = None
+    invocations: int | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A typed view of run.json (see `runfile.RunFile`, its writer). An absent file is an
+    empty record; a file that is not a JSON object is a DataFileError (`RunFolder.run_record`).
+    """
+
+    path: Path  # the run.json it was read from
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole file
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.data)
+
+    def config(self, step: str) -> dict[str, Any]:
+        """The settings a step last ran with ({} when it never ran)."""
+        config = self.data.get("config")
+        found = config.get(step) if isinstance(config, dict) else None
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def steps(self) -> dict[str, StepRecord] | None:
+        """Each step that ran, in the order run.json lists them; None without a 'steps' key."""
+        steps = self.data.get("steps")
+        if not isinstance(steps, dict):
+            return None
+        return {
+            name: StepRecord(
+                counts=_numbers(step.get("counts")),
+                dropped=_numbers(step.get("dropped")),
+                usage=_numbers(step.get("usage")),
+                complete=step.get("complete"),
+                invocations=step.get("invocations"),
+            )
+            for name, step in steps.items()
+            if isinstance(step, dict)
+        }
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        """Requests and tokens over all steps."""
+        return _numbers(self.data.get("usage"))
+
+    @property
+    def cost_usd(self) -> float | None:
+        return self.data.get("cost_usd")
+
+    @property
+    def model(self) -> dict[str, Any]:
+        model = self.data.get("model")
+        return model if isinstance(model, dict) else {}
+
+    @property
+    def model_name(self) -> str | None:
+        name = self.model.get("name")
+        return name if isinstance(name, str) else None
+
+    @property
+    def similarity_threshold(self) -> float | None:
+        value = self.config("instructions").get("similarity_threshold")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def num_instructions(self) -> int | None:
+        value = self.config("instructions").get("num_instructions")
+        return value if isinstance(value, int) else None
+
+    @property
+    def classification_only(self) -> bool:
+        return bool(self.config("instructions").get("classification_only"))
+
+    @property
+    def seed_file(self) -> str | None:
+        """The seed file step 1 was given, as its config records it (None: seed tasks given
+        as objects, or the default set). Never read from the command line."""
+        config = self.config("instructions")
+        for key in ("seed_tasks", "seed_tasks_path"):
+            if isinstance(config.get(key), str) and config[key]:
+                return config[key]
+        return None
+
+    def find_seed_file(self) -> Path | None:
+        """`seed_file` on disk: as recorded, then beside the run folder, then inside it; None
+        when it is not there any more."""
+        if self.seed_file is None:
+            return None
+        path = Path(self.seed_file).expanduser()
+        run = self.path.parent
+        for candidate in (path, run.parent / path, run / path):
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+def _numbers(d: Any) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {}
+    return {str(k): v for k, v in d.items() if isinstance(v, int | float) and v is not True}
 
 
 class RunFolder:
@@ -113,12 +237,12 @@ class RunFolder:
         return self.path / "run.json"
 
     @property
-    def judgments(self) -> Path:
+    def judgments_file(self) -> Path:
         """The LLM judge's ratings of step 4's instances."""
         return self.path / "judgments.jsonl"
 
     @property
-    def reviews(self) -> Path:
+    def reviews_file(self) -> Path:
         """A person's ratings from the review page."""
         return self.path / "reviews.jsonl"
 
@@ -152,7 +276,9 @@ class RunFolder:
         return sorted(self.path.glob(_CLASSIFICATION_PATTERN.format(engine="*", template="*")))
 
     def find_classification_file(self, preferred: str | Path | None = None) -> Path:
-        """Step 2's file: the preferred one if present, else the folder's only one."""
+        """Step 2's file, by one policy for every reader: `preferred` (a name in the folder)
+        when it is there; else the folder's only one; else the one of the model run.json
+        records; else DataFileError naming them all."""
         if preferred:
             chosen = self.path / preferred
             if chosen.exists():
@@ -164,10 +290,13 @@ class RunFolder:
             raise DataFileError(
                 f"{self.path}: no is_clf_or_not_*.jsonl (run 'selfinstruct identify-clf' first)"
             )
+        model = self.run_record().model_name
+        if model is not None and self.classification_file_for(model) in found:
+            return self.classification_file_for(model)
         names = ", ".join(p.name for p in found)
         raise DataFileError(
-            f"{self.path}: several classification files ({names}); choose one with"
-            " --classification-file"
+            f"{self.path}: several classification files ({names}) and none is the model's"
+            " that run.json records; name one in the classification_files setting"
         )
 
     # --- the readers ----------------------------------------------------------------------
@@ -251,11 +380,78 @@ class RunFolder:
             out.extend(iter_jsonl(path, warn=warn))
         return out
 
-    def read_examples(self, *, warn: Warn = _ignore) -> list[dict[str, Any]]:
-        """Step 4's filtered triples (instruction, input, output, and any rating)."""
-        if not self.all_instances.exists():
-            raise DataFileError(f"{self.all_instances}: no such file (run 'selfinstruct prepare')")
-        return list(iter_jsonl(self.all_instances, warn=warn))
+    def read_examples(self, *, unique: bool = False, warn: Warn = _ignore) -> list[Example]:
+        """Step 4's examples (`all_generated_instances.jsonl`) in file order, each with the
+        rating it was kept with; `unique` keeps the first of each key. A record that is not
+        an example is a DataFileError naming its line."""
+        path = self.all_instances
+        if not path.exists():
+            raise DataFileError(f"{path}: no such file (run 'selfinstruct prepare')")
+        examples = []
+        seen: set[str] = set()
+        for number, record in enumerate(iter_jsonl(path, warn=warn), start=1):
+            example = Example.from_dict(record, f"{path}:{number}")
+            if unique:
+                if example.key in seen:
+                    continue
+                seen.add(example.key)
+            examples.append(example)
+        return examples
+
+    def run_record(self) -> RunRecord:
+        """run.json, typed: an empty record when there is none; DataFileError when it is not
+        a JSON object (it is written atomically, so that is someone else's file)."""
+        if not self.run_file.exists():
+            return RunRecord(self.run_file)
+        return RunRecord(self.run_file, read_json_object(self.run_file))
+
+    def judgments(
+        self,
+        *,
+        model: str | None = None,
+        rated_only: bool = False,
+        path: Path | None = None,
+        warn: Warn = _ignore,
+    ) -> dict[str, Rating]:
+        """The LLM judge's ratings by example key (`last_by_key`); `model` keeps one judge's
+        lines, `rated_only` the lines with a rating A-D, so that an unreadable answer does not
+        hide an earlier rating."""
+
+        def keep(r: Rating) -> bool:
+            rated = r.rating is not None and r.rating.strip().upper() in ("A", "B", "C", "D")
+            return (model is None or r.model == model) and (rated or not rated_only)
+
+        return self.last_by_key(path or self.judgments_file, keep=keep, warn=warn)
+
+    def reviews(self, *, repair: bool = False, warn: Warn = _ignore) -> dict[str, Rating]:
+        """A person's current answers by example key (`last_by_key`); `repair` also cuts a
+        torn last line from the file (the review page, which appends to it)."""
+        return self.last_by_key(self.reviews_file, repair=repair, warn=warn)
+
+    @staticmethod
+    def last_by_key(
+        path: Path,
+        *,
+        keep: Callable[[Rating], bool] = lambda _: True,
+        repair: bool = False,
+        warn: Warn = _ignore,
+    ) -> dict[str, Rating]:
+        """The one reader of a keyed ratings file: the last kept line of each key wins and
+        takes its place in the order; lines without a 'key' are skipped with one warning.
+        {} when the file is absent."""
+        out: dict[str, Rating] = {}
+        skipped = 0
+        for record in iter_jsonl(path, repair=repair, warn=warn):
+            if not isinstance(record.get("key"), str) or not record["key"]:
+                skipped += 1
+                continue
+            rating = Rating.from_dict(record)
+            if keep(rating):
+                out.pop(rating.key, None)
+                out[rating.key] = rating
+        if skipped:
+            warn(f"{path}: {skipped} line(s) without a 'key' ignored")
+        return out
 
     def done_instructions(self, path: Path, *, warn: Warn = _ignore) -> set[str]:
         """Instructions already answered in an output file (a torn last line is cut off)."""
@@ -298,3 +494,109 @@ class RunFolder:
                 _HELD.discard(key)
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """A typed view of a fine-tune's `finetune.json` (local training or an OpenAI job)."""
+
+    path: Path
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole file
+
+    @property
+    def status(self) -> str | None:
+        return self.data.get("status")
+
+    @property
+    def fingerprint(self) -> Any:
+        """What the run was made from (data digest, settings, base): a rerun with another
+        fingerprint is another fine-tune."""
+        return self.data.get("fingerprint")
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def data_file(self) -> str | None:
+        """The training data file as the fine-tune was given it."""
+        found = self.data.get("data")
+        name = found.get("file") if isinstance(found, dict) else None
+        return name if isinstance(name, str) else None
+
+    @property
+    def model_spec(self) -> str | None:
+        return self.data.get("model_spec")
+
+
+class FinetuneFolder:
+    """A fine-tune's output folder: the only place that knows its file names (the local
+    trainer, the OpenAI job runner, the llama.cpp backend and `evaluate` all ask it)."""
+
+    ADAPTER = "adapter.gguf"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"FinetuneFolder({str(self.path)!r})"
+
+    @property
+    def adapter(self) -> Path:
+        """The LoRA adapter in GGUF, which llama.cpp applies on the untouched base."""
+        return self.path / self.ADAPTER
+
+    @property
+    def full_model(self) -> Path:
+        return self.path / "model.gguf"
+
+    @property
+    def peft_dir(self) -> Path:
+        return self.path / "peft"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoint"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoint_dir / "state.pt"
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / "finetune.json"
+
+    @property
+    def heldout(self) -> Path:
+        return self.path / "heldout.jsonl"
+
+    @property
+    def train(self) -> Path:
+        """The split the model trained on, as instances."""
+        return self.path / "train.jsonl"
+
+    @property
+    def openai_job(self) -> Path:
+        return self.path / "openai_job.json"
+
+    @property
+    def openai_train(self) -> Path:
+        return self.path / "openai_train.jsonl"
+
+    @property
+    def openai_validation(self) -> Path:
+        return self.path / "openai_validation.jsonl"
+
+    def outputs(self) -> list[Path]:
+        """Everything a local fine-tune writes, for a restart to clear."""
+        return [
+            self.report_file, self.adapter, self.full_model, self.heldout, self.train,
+            self.checkpoint_dir, self.peft_dir,
+        ]  # fmt: skip
+
+    def training_report(self) -> TrainingReport | None:
+        """finetune.json, typed; None when there is none. DataFileError when it is not a JSON
+        object (written atomically, so it is someone else's file)."""
+        if not self.report_file.exists():
+            return None
+        return TrainingReport(self.report_file, read_json_object(self.report_file))

@@ -31,13 +31,12 @@ from typing import Any
 
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.records import SeedTask
-from selfinstruct.runfolder import RunFolder
+from selfinstruct.runfolder import RunFolder, RunRecord
 from selfinstruct.similarity import greedy_dedup
 
 __all__ = ["SweepInput", "SweepRow", "load_sweep_input", "sweep"]
 
 DEFAULT_THRESHOLD = 0.7  # step 1's default, for a run.json that does not record it
-_SEED_OPTIONS = ("--seed-tasks", "--seed-tasks-path", "--seed_tasks_path")
 
 Seeds = str | Path | Sequence[SeedTask] | Sequence[str]
 
@@ -119,12 +118,10 @@ def sweep(
 
 def load_sweep_input(run: str | Path | RunFolder, *, seeds: Seeds | None = None) -> SweepInput:
     """Read a run folder for a sweep: see `sweep`."""
-    rf = run if isinstance(run, RunFolder) else RunFolder(run)
-    run_json = _read_run_json(rf)
-    config = run_json.get("config", {}).get("instructions", {})
-    threshold = float(config.get("similarity_threshold", DEFAULT_THRESHOLD))
-    target = config.get("num_instructions")
-    seed_texts, source = _seed_texts(rf, run_json, config, seeds)
+    rf = RunFolder.of(run)
+    record = rf.run_record()
+    threshold = record.similarity_threshold or DEFAULT_THRESHOLD
+    seed_texts, source = _seed_texts(record, seeds)
     candidates: list[str] = []
     kept: list[bool] = []
     for record in rf.read_decisions():
@@ -139,57 +136,24 @@ def load_sweep_input(run: str | Path | RunFolder, *, seeds: Seeds | None = None)
         candidates=candidates,
         kept_by_run=kept,
         run_threshold=threshold,
-        target=int(target) if isinstance(target, int) else None,
+        target=record.num_instructions,
         has_rejected_file=rf.rejected.exists(),
     )
 
 
-def _read_run_json(rf: RunFolder) -> dict[str, Any]:
-    if not rf.run_file.exists():
-        return {}
-    try:
-        data = json.loads(rf.run_file.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataFileError(f"{rf.run_file}: not valid JSON ({e})") from None
-    return data if isinstance(data, dict) else {}
-
-
-def recorded_seed_file(run_json: dict[str, Any]) -> str | None:
-    """The seed file a run was made with, as run.json records it: step 1's config, else the
-    command line (when the last command recorded was step 1 or the whole pipeline)."""
-    config = run_json.get("config", {}).get("instructions", {})
-    for key in ("seed_tasks", "seed_tasks_path"):
-        if isinstance(config.get(key), str) and config[key]:
-            return config[key]
-    argv = run_json.get("argv")
-    if not isinstance(argv, list) or not argv or argv[0] not in ("generate-instructions", "run"):
-        return None
-    args = [str(a) for a in argv]
-    for i, arg in enumerate(args):
-        if arg in _SEED_OPTIONS and i + 1 < len(args):
-            return args[i + 1]
-        for option in _SEED_OPTIONS:
-            if arg.startswith(option + "="):
-                return arg.split("=", 1)[1]
-    return None
-
-
-def _seed_texts(
-    rf: RunFolder, run_json: dict[str, Any], config: dict[str, Any], seeds: Seeds | None
-) -> tuple[list[str], str]:
+def _seed_texts(record: RunRecord, seeds: Seeds | None) -> tuple[list[str], str]:
     from selfinstruct import seeds as seed_sets
 
     tasks: list[SeedTask] | None = None
     if seeds is None:
-        recorded = recorded_seed_file(run_json)
-        if recorded is None:
+        if record.seed_file is None:
             tasks, source = seed_sets.default(), "the default seed set"
         else:
-            path = _find(recorded, rf)
+            path = record.find_seed_file()
             if path is None:
                 raise ConfigError(
-                    f"{rf.run_file} names the seed file {recorded!r}, which is not there any"
-                    " more; pass it with --seed-tasks"
+                    f"{record.path} names the seed file {record.seed_file!r}, which is not"
+                    " there any more; give the seed tasks"
                 )
             tasks, source = seed_sets.load_seed_tasks(path), f"{path} (from run.json)"
     elif isinstance(seeds, str | Path):
@@ -198,19 +162,10 @@ def _seed_texts(
         tasks, source = list(seeds), "the seed tasks given"  # type: ignore[arg-type]
     else:
         return [str(s) for s in seeds], "the instructions given"
-    if config.get("classification_only"):
+    if record.classification_only:
         tasks = [t for t in tasks if t.is_classification]
         source += ", classification tasks only (as the run)"
     return [t.instruction for t in tasks], source
-
-
-def _find(recorded: str, rf: RunFolder) -> Path | None:
-    """A recorded (possibly relative) path: as given, then beside the run folder."""
-    path = Path(recorded).expanduser()
-    for candidate in (path, rf.path.parent / path, rf.path / path):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def parse_thresholds(text: str) -> list[float]:

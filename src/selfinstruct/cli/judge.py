@@ -138,17 +138,16 @@ def _run_folder(run: Path | None, batch_dir: Path | None, *, create: bool):  # -
 
 
 def _judge(folder, opts: ModelOptions, seed: int, settings) -> None:
-    from selfinstruct.judge import agreement, load_judgments, load_reviews, model_id
-    from selfinstruct.judge.rate import read_examples
+    from selfinstruct.judge import agreement, model_id
 
-    read_examples(folder)  # no step 4 file, or a bad one: one line, before any model is loaded
+    folder.read_examples()  # no step 4 file, or a bad one: one line, before any model is loaded
     with opts.pipeline(folder.path, seed=seed, command="judge") as pipeline:
         pipeline.judge(**dataclasses.asdict(settings))  # unrated ones are asked again by a rerun
         reporter = pipeline.reporter
-        reviews = load_reviews(folder, warn=reporter.warn) if folder.reviews.exists() else {}
+        reviews = folder.reviews(warn=reporter.warn)
         if reviews:
-            judged = load_judgments(folder, model=model_id(pipeline.model))
-            both = agreement((r, judged[k]) for k, r in reviews.items() if k in judged)
+            judged = folder.judgments(model=model_id(pipeline.model), rated_only=True)
+            both = agreement((r.record, judged[k].record) for k, r in reviews.items() if k in judged)
             if both.n:
                 reporter.info(
                     f"agreement with the review page: exact {both.exact:.2f}, within one level"

@@ -44,8 +44,8 @@ from selfinstruct.cli.options import run_argument
     "--seed-tasks",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Seed tasks Figure 3 compares with  [default: those on run.json's command line,"
-    " else the built-in 175]",
+    help="Seed tasks Figure 3 compares with  [default: the seed file step 1's settings in"
+    " run.json record, else the built-in 175]",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the report's path (and errors).")
 def report_cmd(

@@ -64,7 +64,7 @@ def review_cmd(run: Path, sample: int, seed: int, port: int, host: str) -> None:
     click.echo(server.url)
     click.echo(
         f"review: {len(session.rows)} of {session.total_examples} examples (seed {seed}),"
-        f" {session.reviewed()} reviewed so far; answers go to {session.run.reviews};"
+        f" {session.reviewed()} reviewed so far; answers go to {session.run.reviews_file};"
         " Ctrl-C stops",
         err=True,
     )
@@ -78,6 +78,6 @@ def review_cmd(run: Path, sample: int, seed: int, port: int, host: str) -> None:
         server.server_close()
     click.echo(
         f"stopped: {session.reviewed()} of {len(session.rows)} reviewed, saved in"
-        f" {session.run.reviews}",
+        f" {session.run.reviews_file}",
         err=True,
     )

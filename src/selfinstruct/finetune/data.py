@@ -10,7 +10,7 @@ Formats, detected per record so that a file may even mix them:
 * the task format of ``seed_tasks.jsonl`` and ``user_oriented_instructions.jsonl``:
   ``{"id", "instruction", "instances": [{"input", "output"}, ...]}`` (one example an instance).
 
-Every reader yields the same `Example`: the instruction and input where the text lets us
+Every reader yields the same `records.Example` as the run's readers: the instruction and input where the text lets us
 recover them, else the raw prompt. The user turn a model is trained on is `Example.user`: the
 instruction, then a blank line and the input when there is one (the chat file's own rendering),
 so an example trains the same whichever file it came from.
@@ -21,54 +21,15 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import DataFileError
-from selfinstruct.formats import render_user, split_prompt, split_user, strip_completion
+from selfinstruct.formats import split_prompt, split_user, strip_completion
 from selfinstruct.io import iter_jsonl
+from selfinstruct.records import Example
 
 Warn = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training or evaluation example.
-
-    `instruction`/`input` are set when recoverable; otherwise `prompt` holds the whole user
-    turn. `system` is a chat file's system message, if any. `id` names the example in
-    prediction files and never takes part in equality.
-    """
-
-    output: str
-    instruction: str | None = None
-    input: str = ""
-    prompt: str | None = None
-    system: str | None = None
-    id: str | None = field(default=None, compare=False)
-
-    @property
-    def user(self) -> str:
-        if self.instruction is None:
-            return self.prompt or ""
-        return render_user(self.instruction, self.input)
-
-    def to_dict(self) -> dict[str, str]:
-        """The instances format when the instruction is known, else prompt/response."""
-        if self.instruction is None:
-            out = {"prompt": self.prompt or "", "response": self.output}
-        else:
-            out = {"instruction": self.instruction, "input": self.input, "output": self.output}
-        if self.system is not None:
-            out["system"] = self.system
-        return out
-
-    def chat_messages(self) -> list[dict[str, str]]:
-        messages = [] if self.system is None else [{"role": "system", "content": self.system}]
-        messages.append({"role": "user", "content": self.user})
-        messages.append({"role": "assistant", "content": self.output})
-        return messages
 
 
 # --- one record -----------------------------------------------------------------------------

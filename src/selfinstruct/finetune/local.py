@@ -46,15 +46,8 @@ from selfinstruct.finetune.export import (
 )
 from selfinstruct.io import write_atomic, write_jsonl_atomic
 from selfinstruct.progress import Reporter
+from selfinstruct.runfolder import FinetuneFolder
 
-ADAPTER_FILE = "adapter.gguf"
-FULL_MODEL_FILE = "model.gguf"
-PEFT_DIR = "peft"
-CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_FILE = "state.pt"
-REPORT_FILE = "finetune.json"
-HELDOUT_FILE = "heldout.jsonl"
-TRAIN_FILE = "train.jsonl"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INSTALL_HINT = "pip install 'selfinstruct[finetune]'"
 
@@ -466,11 +459,11 @@ class _Run:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / CHECKPOINT_DIR / CHECKPOINT_FILE
+        return FinetuneFolder(self.out).checkpoint
 
     @property
     def report_path(self) -> Path:
-        return self.out / REPORT_FILE
+        return FinetuneFolder(self.out).report_file
 
 
 def _open_run(data: str | Path, out: Path, cfg: LocalConfig, reporter: Reporter) -> _Run:
@@ -493,12 +486,12 @@ def _open_run(data: str | Path, out: Path, cfg: LocalConfig, reporter: Reporter)
 def _completed_report(run: _Run) -> dict[str, Any] | None:
     """The report of this same run when it already completed; ConfigError when the output
     folder holds another run's report."""
-    if not run.report_path.exists():
+    previous = FinetuneFolder(run.out).training_report()
+    if previous is None:
         return None
-    previous = json.loads(run.report_path.read_text())
-    if previous.get("fingerprint") == run.fingerprint and previous.get("status") == "complete":
-        return previous
-    if previous.get("fingerprint") != run.fingerprint:
+    if previous.fingerprint == run.fingerprint and previous.complete:
+        return previous.data
+    if previous.fingerprint != run.fingerprint:
         raise ConfigError(
             f"{run.out} holds another fine-tuning run (different data or settings): choose"
             " another --out, or add --restart to replace it"
@@ -508,8 +501,9 @@ def _completed_report(run: _Run) -> dict[str, Any] | None:
 
 def _write_split(run: _Run) -> None:
     run.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(run.out / HELDOUT_FILE, (e.to_dict() for e in run.held_ex))
-    write_jsonl_atomic(run.out / TRAIN_FILE, (e.to_dict() for e in run.train_ex))
+    folder = FinetuneFolder(run.out)
+    write_jsonl_atomic(folder.heldout, (e.to_dict() for e in run.held_ex))
+    write_jsonl_atomic(folder.train, (e.to_dict() for e in run.train_ex))
 
 
 def _max_threads(cfg: LocalConfig) -> int:
@@ -830,7 +824,7 @@ def _report(
 ) -> dict[str, Any]:
     """The contents of finetune.json."""
     run, cfg = training.run, training.cfg
-    spec = f"local:{(run.out / FULL_MODEL_FILE)}" if cfg.full else f"local?lora={run.out}"
+    spec = f"local:{FinetuneFolder(run.out).full_model}" if cfg.full else f"local?lora={run.out}"
     speeds = {str(k): round(v, 1) for k, v in tuner.speed.items()}
     return {
         "status": status,
@@ -976,23 +970,24 @@ def _remove_checkpoint(path: Path) -> None:
 def _clear_outputs(out: Path) -> None:
     import shutil
 
-    for name in (REPORT_FILE, ADAPTER_FILE, FULL_MODEL_FILE, HELDOUT_FILE, TRAIN_FILE):
-        with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
-    for name in (CHECKPOINT_DIR, PEFT_DIR):
-        shutil.rmtree(out / name, ignore_errors=True)
+    for path in FinetuneFolder(out).outputs():
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _export(
     out: Path, model: Any, cfg: LocalConfig, base_header: Any, stack: dict[str, Any]
 ) -> dict[str, str]:
     if cfg.full:
-        path = out / FULL_MODEL_FILE
+        path = FinetuneFolder(out).full_model
         write_full_gguf(path, model.state_dict(), base_header, out_type=cfg.gguf_type)
         return {"gguf_model": str(path)}
-    peft_dir = out / PEFT_DIR
+    peft_dir = FinetuneFolder(out).peft_dir
     model.save_pretrained(str(peft_dir), save_embedding_layers=False)
     state = {n: p for n, p in model.named_parameters() if "lora_" in n}
-    path = out / ADAPTER_FILE
+    path = FinetuneFolder(out).adapter
     write_lora_gguf(path, state, base_header, alpha=cfg.lora_alpha)
     return {"gguf_adapter": str(path), "peft_adapter": str(peft_dir)}

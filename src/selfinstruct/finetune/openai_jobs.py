@@ -24,11 +24,8 @@ from selfinstruct.errors import ConfigError, ModelError
 from selfinstruct.finetune.data import Example, read_examples, split_examples, write_chat_jsonl
 from selfinstruct.io import write_atomic
 from selfinstruct.progress import Reporter
+from selfinstruct.runfolder import FinetuneFolder
 
-JOB_FILE = "openai_job.json"
-TRAIN_UPLOAD = "openai_train.jsonl"
-VALIDATION_UPLOAD = "openai_validation.jsonl"
-REPORT_FILE = "finetune.json"
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 RUNNING = ("validating_files", "queued", "running")
 FAILED = ("failed", "cancelled")
@@ -140,7 +137,7 @@ def run_openai_finetune(
     train, held = split_examples(examples, cfg.eval_fraction, cfg.seed)
     fingerprint = _fingerprint(examples, cfg)
 
-    state = _State(out / JOB_FILE)
+    state = _State(FinetuneFolder(out).openai_job)
     if state.data and cfg.restart:
         state.data = {}
     _check_state(state, fingerprint, out)
@@ -159,7 +156,7 @@ def _check_state(state: _State, fingerprint: str, out: Path) -> None:
     failed (continuing it would go nowhere)."""
     if state.data and state.data.get("fingerprint") != fingerprint:
         raise ConfigError(
-            f"{out / JOB_FILE} belongs to another fine-tuning (different data, model or"
+            f"{FinetuneFolder(out).openai_job} belongs to another fine-tuning (different data, model or"
             " settings): choose another --out, or add --restart to start a new job"
         )
     status = state.data.get("status")
@@ -180,12 +177,12 @@ def _upload_examples(
 ) -> None:
     """Upload the training and validation files, unless an earlier invocation did."""
     if not state.data.get("training_file"):
-        path = out / TRAIN_UPLOAD
+        path = FinetuneFolder(out).openai_train
         write_chat_jsonl(path, train)
         state.save(training_file=_upload(client, path), train_examples=len(train))
         reporter.info(f"uploaded {len(train)} training examples: {state.data['training_file']}")
     if held and not state.data.get("validation_file"):
-        path = out / VALIDATION_UPLOAD
+        path = FinetuneFolder(out).openai_validation
         write_chat_jsonl(path, held)
         state.save(validation_file=_upload(client, path), validation_examples=len(held))
 
@@ -299,4 +296,4 @@ def _write_report(out: Path, data: dict[str, Any]) -> None:
         },
         "error": data.get("error"),
     }
-    write_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    write_atomic(FinetuneFolder(out).report_file, json.dumps(report, indent=2) + "\n")

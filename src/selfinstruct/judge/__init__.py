@@ -14,7 +14,9 @@ left unrated, so the next run asks again.
 `calibrate` measures the judge before anyone filters with it: against ratings people gave on the
 review page (`reviews.jsonl`), a file of rated examples, and the paper's own human evaluation of
 eight models on its 252 user-oriented instructions (Figure 6), whose predictions the release
-ships. `load_ratings` and `meets` are what a filter needs.
+ships. `load_ratings` and `meets` are what a filter needs; `rubric.py` holds the levels and
+questions that the judge, the review page and the report share. The ratings are read by
+`RunFolder.judgments()` and `RunFolder.reviews()`.
 """
 
 from __future__ import annotations
@@ -31,29 +33,26 @@ from selfinstruct.judge.calibration import (
     default_predictions_dir,
     plan_calibration,
 )
-from selfinstruct.judge.rate import (
-    JudgeSettings,
-    judge_run,
-    load_judgments,
-    load_ratings,
-    model_id,
-    read_examples,
-)
-from selfinstruct.judge.verdict import (
+from selfinstruct.judge.rate import JudgeSettings, judge_run, load_ratings, model_id
+from selfinstruct.judge.rubric import (
+    QUESTION_TEXT,
     QUESTIONS,
+    RATING_GUIDE,
+    RATING_MEANING,
     RATING_ORDER,
     RATING_SCORE,
-    Verdict,
-    judge_prompt,
     meets,
-    parse_verdict,
+    normalize_rating,
 )
-from selfinstruct.review import load_reviews  # the review page's reader
+from selfinstruct.judge.verdict import Verdict, judge_prompt, parse_verdict
 
 __all__ = [
     "PAPER_FIGURE6",
     "PAPER_SOURCE",
     "QUESTIONS",
+    "QUESTION_TEXT",
+    "RATING_GUIDE",
+    "RATING_MEANING",
     "RATING_ORDER",
     "RATING_SCORE",
     "Agreement",
@@ -69,13 +68,11 @@ __all__ = [
     "default_predictions_dir",
     "judge_prompt",
     "judge_run",
-    "load_judgments",
     "load_ratings",
-    "load_reviews",
     "meets",
     "model_id",
+    "normalize_rating",
     "parse_verdict",
     "plan_calibration",
-    "read_examples",
     "spearman",
 ]

@@ -13,18 +13,9 @@ from typing import Any
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.io import JsonlAppender, iter_jsonl
 from selfinstruct.judge.agreement import Agreement, agreement, spearman
-from selfinstruct.judge.rate import (
-    JudgeSettings,
-    Warn,
-    _Item,
-    _judge_items,
-    _triple,
-    load_judgments,
-    model_id,
-    read_examples,
-)
+from selfinstruct.judge.rate import JudgeSettings, Warn, _ignore, _Item, _judge_items, model_id
 from selfinstruct.judge.verdict import QUESTIONS, RATING_ORDER, RATING_SCORE, normalize_rating
-from selfinstruct.review import load_reviews
+from selfinstruct.records import Example, Rating
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
 
@@ -87,7 +78,7 @@ class CalibrationSettings:
 class _Labelled:
     """An example and what a person said of it."""
 
-    example: dict[str, str]
+    example: Example
     human: dict[str, Any]
 
 
@@ -98,7 +89,7 @@ class CalibrationPlan:
     reviews: list[_Labelled] = field(default_factory=list)
     ratings: list[_Labelled] = field(default_factory=list)
     ratings_file: Path | None = None
-    predictions: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    predictions: dict[str, list[Example]] = field(default_factory=dict)
     predictions_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -114,9 +105,7 @@ def read_rated_file(path: Path) -> list[_Labelled]:
         raise ConfigError(f"--ratings {path}: no such file")
     out = []
     for number, record in enumerate(iter_jsonl(path), start=1):
-        example = _triple(record)
-        if example is None:
-            raise DataFileError(f"{path}:{number}: expected string 'instruction' and 'output'")
+        example = Example.from_dict(record, f"{path}:{number}")
         rating = normalize_rating(record.get("rating"))
         if rating is None:
             raise DataFileError(
@@ -129,26 +118,22 @@ def read_rated_file(path: Path) -> list[_Labelled]:
     return out
 
 
-def read_predictions(directory: Path, sample: int, seed: int) -> dict[str, list[dict[str, str]]]:
+def read_predictions(directory: Path, sample: int, seed: int) -> dict[str, list[Example]]:
     """A seeded sample of the same `sample` tasks from each released model's predictions."""
-    per_model: dict[str, dict[str, dict[str, str]]] = {}
+    per_model: dict[str, dict[str, Example]] = {}
     for name in PAPER_FIGURE6:
         path = directory / f"{name}{PREDICTIONS_SUFFIX}"
         if not path.exists():
             continue
-        by_task: dict[str, dict[str, str]] = {}
+        by_task: dict[str, Example] = {}
         for number, record in enumerate(iter_jsonl(path), start=1):
             instruction, inp = record.get("instruction"), record.get("input") or ""
             response = record.get("response")
             if not (isinstance(instruction, str) and isinstance(response, str)):
                 raise DataFileError(f"{path}:{number}: expected 'instruction' and 'response'")
             task = f"{instruction.strip()}\x1f{str(inp).strip()}"
-            triple = _triple(
-                {"instruction": instruction.strip(), "input": str(inp).strip(),
-                 "output": response.strip()}
-            )  # fmt: skip
-            assert triple is not None
-            by_task.setdefault(task, triple)
+            example = Example(instruction.strip(), str(inp).strip(), response.strip())
+            by_task.setdefault(task, example)
         per_model[name] = by_task
     if not per_model:
         return {}
@@ -162,20 +147,18 @@ def plan_calibration(
 ) -> CalibrationPlan:
     """Gather everything to compare the judge with; ConfigError when there is nothing."""
     plan = CalibrationPlan()
-    if settings.use_reviews and run.reviews.exists():
-        reviews = load_reviews(run, warn=warn)
-        examples: dict[str, dict[str, str]] = {}
+    if settings.use_reviews and run.reviews_file.exists():
+        reviews = run.reviews(warn=warn or _ignore)
+        examples: dict[str, Example] = {}
         if run.all_instances.exists():
-            examples = {e["key"]: e for e in read_examples(run, warn)}
+            examples = {e.key: e for e in run.read_examples(unique=True, warn=warn or _ignore)}
         missing = 0
         for key, review in reviews.items():
-            example = examples.get(key) or _triple(review)
-            if example is None or example["key"] != key:
+            example = examples.get(key) or review.example()
+            if example is None or example.key != key:
                 missing += 1
                 continue
-            human = {"rating": normalize_rating(review.get("rating"))}
-            human |= {q: review.get(q) if isinstance(review.get(q), bool) else None
-                      for q in QUESTIONS}  # fmt: skip
+            human = {"rating": normalize_rating(review.rating), **review.answers}
             if human["rating"] is None and all(human[q] is None for q in QUESTIONS):
                 continue  # reviewed, then cleared
             plan.reviews.append(_Labelled(example, human))
@@ -201,7 +184,7 @@ def plan_calibration(
                 )
     if plan.empty:
         raise ConfigError(
-            f"nothing to calibrate against: rate examples on the review page ({run.reviews}),"
+            f"nothing to calibrate against: rate examples on the review page ({run.reviews_file}),"
             " or give --ratings FILE (JSONL: instruction, input, output, rating A-D), or"
             " --predictions-dir DIR (the release's human_eval/predictions)"
         )
@@ -362,7 +345,7 @@ def calibrate(
 ) -> CalibrationReport:
     """Compare this model's ratings with people's, judging what it has not judged yet.
 
-    Reviewed examples of the run are judged into `run.judgments` (ratings this model already
+    Reviewed examples of the run are judged into `run.judgments_file` (ratings this model already
     gave there are reused); examples from a ratings file and the release's predictions are
     judged into `run.calibration_judgments`, reused the same way. Prints nothing: see
     `CalibrationReport.format()`.
@@ -374,26 +357,26 @@ def calibrate(
     who = model_id(ctx.model)
     report = CalibrationReport(model=who, notes=list(plan.notes))
     step = report.step
-    step.outputs = [str(run.judgments), str(run.calibration_judgments)]
+    step.outputs = [str(run.judgments_file), str(run.calibration_judgments)]
 
-    for path in (run.judgments, run.calibration_judgments):
+    for path in (run.judgments_file, run.calibration_judgments):
         list(iter_jsonl(path, repair=True, warn=warn))
-    known = load_judgments(run, model=who)
-    cached = load_judgments(run, model=who, path=run.calibration_judgments)
+    known = run.judgments(model=who, rated_only=True)
+    cached = run.judgments(model=who, rated_only=True, path=run.calibration_judgments)
 
     with (
-        JsonlAppender(run.judgments, warn=warn) as run_out,
+        JsonlAppender(run.judgments_file, warn=warn) as run_out,
         JsonlAppender(run.calibration_judgments, warn=warn) as cache_out,
     ):
         items: dict[tuple[str, bool], _Item] = {}
 
-        def want(example: dict[str, str], in_run: bool, source: str) -> None:
+        def want(example: Example, in_run: bool, source: str) -> None:
             done = known if in_run else cached
-            if example["key"] in done or (example["key"], in_run) in items:
+            if example.key in done or (example.key, in_run) in items:
                 return
             extra = {} if in_run else {"source": source}
             out = run_out if in_run else cache_out
-            items[(example["key"], in_run)] = _Item(out=out, extra=extra, **example)
+            items[(example.key, in_run)] = _Item(example, out, extra)
 
         for labelled in plan.reviews:
             want(labelled.example, True, "reviews")
@@ -410,8 +393,8 @@ def calibrate(
 
     Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
 
-    def pairs(labelled: list[_Labelled], judged: dict[str, dict[str, Any]]) -> Pairs:
-        return [(x.human, judged[x.example["key"]]) for x in labelled if x.example["key"] in judged]
+    def pairs(labelled: list[_Labelled], judged: dict[str, Rating]) -> Pairs:
+        return [(x.human, judged[x.example.key].record) for x in labelled if x.example.key in judged]
 
     if plan.reviews:
         report.reviews = agreement(pairs(plan.reviews, known))
@@ -422,7 +405,7 @@ def calibrate(
         rows = []
         for name, examples in plan.predictions.items():
             label, counts = PAPER_FIGURE6[name]
-            judged = Counter(cached[e["key"]]["rating"] for e in examples if e["key"] in cached)
+            judged = Counter(cached[e.key].rating for e in examples if e.key in cached)
             rows.append(ModelRow(name, label, counts, judged))
         report.paper = PaperComparison(rows, per_model=max(map(len, plan.predictions.values())))
 

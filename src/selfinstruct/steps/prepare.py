@@ -15,13 +15,14 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import astuple, dataclass
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from selfinstruct.formats import END_TOKEN, chat_record, encode, vary_input
 from selfinstruct.io import write_atomic, write_jsonl_atomic
 from selfinstruct.progress import Reporter
-from selfinstruct.records import SeedTask, TrainingExample, example_key
+from selfinstruct.records import Example, SeedTask
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepReport, finish_reason_of
 
@@ -43,9 +44,6 @@ class PrepareSettings:
     seed: int = 123
 
 
-Triple = tuple[str, str, str]  # instruction, input, output
-
-
 def parse_input_output(text: str) -> tuple[str, str]:
     if _OUTPUT_MARK.search(text):
         parts = _OUTPUT_MARK.split(text)
@@ -59,7 +57,7 @@ def parse_input_output(text: str) -> tuple[str, str]:
     return inp, out
 
 
-def parse_generation_instances(raw: str, instruction: str) -> list[Triple]:
+def parse_generation_instances(raw: str, instruction: str) -> list[Example]:
     raw = raw.strip()
     if _EXAMPLE_MARK.search(raw):
         pieces = [p.strip() for p in _EXAMPLE_MARK.split(raw) if p.strip()]
@@ -67,21 +65,21 @@ def parse_generation_instances(raw: str, instruction: str) -> list[Triple]:
         pieces = [raw]
     else:
         return []
-    return [(instruction.strip(), *map(str.strip, parse_input_output(p))) for p in pieces]
+    return [Example(instruction.strip(), *map(str.strip, parse_input_output(p))) for p in pieces]
 
 
-def parse_classification_instances(raw: str, instruction: str) -> list[Triple]:
+def parse_classification_instances(raw: str, instruction: str) -> list[Example]:
     if "Class label:" not in raw:
         return []
     instances = []
     for piece in raw.split("Class label:")[1:]:
         label, _, inp = piece.strip().partition("\n")
-        instances.append((instruction.strip(), inp.strip(), label.strip()))
+        instances.append(Example(instruction.strip(), inp.strip(), label.strip()))
     return instances
 
 
-def invalid_reason(instance: Triple) -> str | None:
-    _, inp, out = instance
+def invalid_reason(instance: Example) -> str | None:
+    inp, out = instance.input, instance.output
     if inp == out:
         return "invalid_input_equals_output"
     if out == "":
@@ -91,13 +89,13 @@ def invalid_reason(instance: Triple) -> str | None:
     return None
 
 
-def has_conflicting_outputs(instances: list[Triple]) -> bool:
+def has_conflicting_outputs(instances: list[Example]) -> bool:
     """One non-empty input with two different outputs: the task is unreliable."""
     outputs: dict[str, str] = {}
-    for _, inp, out in instances:
-        if inp == "":
+    for e in instances:
+        if e.input == "":
             continue
-        if outputs.setdefault(inp, out) != out:
+        if outputs.setdefault(e.input, e.output) != e.output:
             return True
     return False
 
@@ -108,7 +106,7 @@ def clean_task_instances(
     is_classification: bool,
     finish_reason: str | None,
     dropped: Counter[str],
-) -> list[Triple]:
+) -> list[Example]:
     parse = parse_classification_instances if is_classification else parse_generation_instances
     instances = parse(raw, instruction)
     if not instances:
@@ -136,7 +134,7 @@ def clean_task_instances(
 # A filter looks at a batch of examples and returns, for each, None to keep it or a dict that
 # says why it goes: {"reason": ..., and any details}. Batches, because some filters (the
 # decontaminator) are much faster over many examples at once.
-ExampleFilter = Callable[[list[Triple]], list[dict | None]]
+ExampleFilter = Callable[[list[Example]], list[dict | None]]
 
 
 def prepare_finetuning(
@@ -166,21 +164,21 @@ def prepare_finetuning(
     generated, tasks_read = _generated_instances(tasks, labels, s, rng, dropped)
     removed: list[dict] = []
     generated = _apply_filters(generated, filters, dropped, removed)
-    unique_instructions = list(dict.fromkeys(t[0] for t in generated))
+    unique_instructions = list(dict.fromkeys(e.instruction for e in generated))
 
     outputs = [out.all_instances]
-    write_jsonl_atomic(out.all_instances, (_with_rating(t, ratings) for t in generated))
+    write_jsonl_atomic(out.all_instances, (_with_rating(e, ratings).to_dict() for e in generated))
     if s.num_instructions is not None and s.num_instructions < len(unique_instructions):
         chosen = set(rng.sample(unique_instructions, s.num_instructions))
-        generated = [t for t in generated if t[0] in chosen]
+        generated = [e for e in generated if e.instruction in chosen]
         sampled = out.sampled_instances(s.num_instructions)
-        write_jsonl_atomic(sampled, (TrainingExample(*t).to_dict() for t in generated))
+        write_jsonl_atomic(sampled, (e.to_dict() for e in generated))
         outputs.append(sampled)
 
     training = list(generated)
     if s.include_seed_tasks and seeds:
         seed_instances = [
-            (task.instruction, i.input, i.output) for task in seeds for i in task.instances
+            Example(task.instruction, i.input, i.output) for task in seeds for i in task.instances
         ]
         training += _apply_filters(seed_instances, filters, dropped, removed, prefix="seed_")
     written, n_encoded = _write_training_files(out, training, rng, s.end_token, dropped)
@@ -203,12 +201,9 @@ def prepare_finetuning(
     return report
 
 
-def _with_rating(example: Triple, ratings: Mapping[str, str] | None) -> dict:
-    record: dict = TrainingExample(*example).to_dict()
-    rating = ratings.get(example_key(*example)) if ratings else None
-    if rating is not None:
-        record["rating"] = rating
-    return record
+def _with_rating(example: Example, ratings: Mapping[str, str] | None) -> Example:
+    rating = ratings.get(example.key) if ratings else None
+    return example if rating is None else dataclasses.replace(example, rating=rating)
 
 
 def _generated_instances(
@@ -217,9 +212,9 @@ def _generated_instances(
     s: PrepareSettings,
     rng: random.Random,
     dropped: Counter[str],
-) -> tuple[list[Triple], int]:
+) -> tuple[list[Example], int]:
     """Each task's parsed, cleaned instances, at most `max_instances_per_task` of them."""
-    generated: list[Triple] = []
+    generated: list[Example] = []
     seen_tasks: set[str] = set()
     for task in tasks:
         instruction = task.get("instruction")
@@ -240,12 +235,12 @@ def _generated_instances(
 
 
 def _apply_filters(
-    examples: list[Triple],
+    examples: list[Example],
     filters: list[ExampleFilter],
     dropped: Counter[str],
     removed: list[dict],
     prefix: str = "",
-) -> list[Triple]:
+) -> list[Example]:
     """The examples no filter drops; each drop counted by reason and kept in `removed`."""
     for f in filters:
         verdicts = f(examples)
@@ -256,14 +251,14 @@ def _apply_filters(
                 continue
             reason = prefix + verdict["reason"]
             dropped[reason] += 1
-            removed.append({**TrainingExample(*example).to_dict(), **verdict, "reason": reason})
+            removed.append({**example.to_dict(), **verdict, "reason": reason})
         examples = kept
     return examples
 
 
 def _write_training_files(
     out: RunFolder,
-    training: list[Triple],
+    training: list[Example],
     rng: random.Random,
     end_token: str,
     dropped: Counter[str],
@@ -272,8 +267,8 @@ def _write_training_files(
     prompt/completion records there are."""
     encoded = []
     seen_pairs: set[tuple[str, str]] = set()
-    for instruction, inp, output in training:
-        record = encode(instruction, vary_input(inp, rng), output, rng, end_token)
+    for e in training:
+        record = encode(e.instruction, vary_input(e.input, rng), e.output, rng, end_token)
         pair = (record["prompt"], record["completion"])
         if pair in seen_pairs:
             dropped["duplicate_prompt_completion"] += 1
@@ -289,9 +284,9 @@ def _write_training_files(
     write_jsonl_atomic(gpt3_path, encoded)
 
     examples = list(
-        dict.fromkeys(TrainingExample(i.strip(), n.strip(), o.strip()) for i, n, o in training)
+        dict.fromkeys(Example(*(text.strip() for text in e.texts)) for e in training)
     )
-    write_jsonl_atomic(out.chat_finetuning, (chat_record(*astuple(e)) for e in examples))
+    write_jsonl_atomic(out.chat_finetuning, (chat_record(*e.texts) for e in examples))
     write_atomic(
         out.alpaca,
         json.dumps([e.to_dict() for e in examples], ensure_ascii=False, indent=2) + "\n",
