@@ -75,17 +75,15 @@ def rss_mib() -> float:
 
 
 def run_one(name: str, steps: int, threads: int) -> dict:
-    from selfinstruct.finetune.data import Example
-    from selfinstruct.finetune.local import (
-        LORA_TARGETS,
-        ChatEncoder,
-        _collate,
-        _supervised_loss,
+    from selfinstruct.finetune.base import (
         import_training_stack,
         load_base,
         peak_rss_mib,
         resolve_base,
     )
+    from selfinstruct.finetune.data import Example
+    from selfinstruct.finetune.encoding import ChatEncoder, collate
+    from selfinstruct.finetune.loop import LORA_TARGETS, supervised_loss
 
     cfg = CONFIGS[name]
     stack = import_training_stack()
@@ -116,14 +114,14 @@ def run_one(name: str, steps: int, threads: int) -> dict:
     seconds = 0.0
     for step in range(steps + 1):
         chunk = items[size * step : size * (step + 1)]
-        batch = _collate(torch, chunk, tokenizer.pad_token_id or 2)
+        batch = collate(torch, chunk, tokenizer.pad_token_id or 2)
         t0 = time.perf_counter()
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg["bf16"] else _null()
         with ctx:
             if cfg["hf_loss"]:
                 loss = lm(**batch).loss
             else:
-                loss, _ = _supervised_loss(torch, causal, batch)
+                loss, _ = supervised_loss(torch, causal, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -23,11 +23,15 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from selfinstruct.errors import ConfigError, DataFileError
+from selfinstruct.runfolder import FinetuneFolder
+
+if TYPE_CHECKING:
+    from selfinstruct.finetune.local import LocalConfig
 
 # transformers' module names -> llama.cpp's tensor names, for the llama family
 PROJECTIONS = {
@@ -406,4 +410,21 @@ def _raw_tensor(f: BinaryIO, header: GGUFHeader, info: TensorInfo) -> np.ndarray
     data = np.frombuffer(f.read(nbytes), dtype=np.uint8)
     row_bytes = info.shape[-1] // block * type_size
     return data.reshape(*info.shape[:-1], row_bytes)
+
+
+def export_trained(
+    out: Path, model: Any, cfg: LocalConfig, base_header: Any, stack: dict[str, Any]
+) -> dict[str, str]:
+    """A trained model into its fine-tune folder: the whole model as GGUF (`cfg.full`), else
+    the LoRA adapter as GGUF for llama.cpp and as peft's folder for transformers."""
+    if cfg.full:
+        path = FinetuneFolder(out).full_model
+        write_full_gguf(path, model.state_dict(), base_header, out_type=cfg.gguf_type)
+        return {"gguf_model": str(path)}
+    peft_dir = FinetuneFolder(out).peft_dir
+    model.save_pretrained(str(peft_dir), save_embedding_layers=False)
+    state = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    path = FinetuneFolder(out).adapter
+    write_lora_gguf(path, state, base_header, alpha=cfg.lora_alpha)
+    return {"gguf_adapter": str(path), "peft_adapter": str(peft_dir)}
 
