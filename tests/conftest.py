@@ -1,5 +1,5 @@
-"""Shared fixtures: a scripted model for parsing and filtering tests, the real embedded model,
-and a real llama.cpp OpenAI-compatible server on loopback."""
+"""Shared fixtures: the public scripted model for parsing and filtering tests, the real
+embedded model, and a real llama.cpp OpenAI-compatible server on loopback."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling
+from selfinstruct.models.scripted import ScriptedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -27,33 +27,6 @@ def paper_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} absent: the original release's data lies beside the project only")
     return path
-
-
-Answer = str | tuple[str, str]  # text, or (text, finish_reason)
-
-
-class ScriptedModel(Model):
-    """A model whose answers the test decides: a function of the prompt, or a queue."""
-
-    def __init__(self, answer: Callable[[str], Answer], *, max_batch: int = 1):
-        self._answer = answer
-        self.max_batch = max_batch
-        self.prompts: list[str] = []
-        self.samplings: list[Sampling] = []
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(backend="scripted", name="scripted", api="completions")
-
-    async def complete(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
-        out = []
-        for prompt in prompts:
-            self.prompts.append(prompt)
-            self.samplings.append(sampling)
-            answer = self._answer(prompt)
-            text, finish = (answer, "stop") if isinstance(answer, str) else answer
-            out.append(Completion(text, finish, len(prompt.split()), len(text.split())))
-        return out
 
 
 @pytest.fixture

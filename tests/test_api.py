@@ -24,6 +24,15 @@ except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.p
     from servers.openai_fault_server import running_fault_server
 
 PUBLIC = {
+    "TransientModelError",
+    "ScriptedModel",
+    "Scores",
+    "PrepareSettings",
+    "JudgeSettings",
+    "InstructionSettings",
+    "InstanceSettings",
+    "EvalResult",
+    "ClassifySettings",
     "BudgetExhausted",
     "Completion",
     "ConfigError",

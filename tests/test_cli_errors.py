@@ -3,10 +3,8 @@ half-written output."""
 
 from __future__ import annotations
 
-
 from conftest import free_port
 from helpers import run_cli
-
 
 selfinstruct = run_cli
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 from rouge_score import rouge_scorer
 
-from helpers import run_cli
 from selfinstruct.io import read_jsonl
 from selfinstruct.seeds import default as default_seeds
 

@@ -28,7 +28,6 @@ from selfinstruct.formats import (
     split_prompt,
 )
 
-
 TRAINING_STACK = ("torch", "transformers", "peft", "gguf")
 
 

@@ -312,7 +312,7 @@ def test_no_step_4_file_or_a_bad_line_is_one_clear_error(tmp_path, scripted):
         judge_run(context(scripted(by_number)), rf)
     rf = make_run(tmp_path, 2)
     rf.all_instances.write_text('{"instruction": "x", "output": "y"}\n{"instruction": 3}\n')
-    with pytest.raises(DataFileError, match=r"all_generated_instances.jsonl:2: expected"):
+    with pytest.raises(DataFileError, match=r"all_generated_instances.jsonl:2: field .instruction. is not text"):
         judge_run(context(scripted(by_number)), rf)
 
 
@@ -494,7 +494,7 @@ def test_calibration_reads_what_the_review_page_saved(tmp_path, scripted):
     model = scripted(by_number)
     report = calibrate(context(model), rf, CalibrationSettings(use_predictions=False))
     judged = sorted(task_number(p) for p in model.prompts)
-    assert judged == sorted(task_number(row.instruction) for row in session.rows)
+    assert judged == sorted(task_number(row.example.instruction) for row in session.rows)
     expected_exact = sum(n % 4 == 0 for n in judged) / 4
     assert (report.reviews.n, report.reviews.exact) == (4, expected_exact)
     assert report.reviews.questions["output_correct"].agreement == 1.0

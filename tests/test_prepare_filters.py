@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import selfinstruct as si
 from helpers import run_cli
+
+import selfinstruct as si
 from selfinstruct.records import example_key
 
 EVAL_TASK = (

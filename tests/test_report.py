@@ -4,12 +4,12 @@ the verb/object heuristic on real instruction shapes; bad input through the CLI.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 
+from selfinstruct.errors import DataFileError
 from selfinstruct.records import example_key
 from selfinstruct.report import build_report
 from selfinstruct.runfolder import RunFolder
@@ -131,6 +131,34 @@ def make_run(path: Path, *, run_json: bool = True) -> RunFolder:
 
 
 # ---- the report ----------------------------------------------------------------------------
+
+
+# stats.json of `make_run`'s folder as report.py wrote it before it became the report/ package
+# (commit bf068ed, heuristic parse, seed 0), its path and time left out.
+STATS_BEFORE_SPLIT = Path(__file__).parent / "data" / "report_stats_before_split.json"
+
+
+def test_stats_are_those_the_report_wrote_before_the_split(tmp_path: Path) -> None:
+    result = build_report(make_run(tmp_path / "run"), parser="heuristic", seed=0)
+    stats = json.loads(result.stats_file.read_text(encoding="utf-8"))
+    assert stats["run"].pop("path") == str(tmp_path / "run")
+    stats["run"]["path"] = "RUN"
+    stats["generated_at"] = "WHEN"
+    assert stats == json.loads(STATS_BEFORE_SPLIT.read_text(encoding="utf-8"))
+
+
+def test_the_first_screen_is_the_funnel_then_the_figures(tmp_path: Path) -> None:
+    result = build_report(make_run(tmp_path / "run"), parser="heuristic", seed=0)
+    page = result.html.read_text(encoding="utf-8")
+    order = [page.index(f'<h2 id="{k}">') for k in ("funnel", "figures", "counts", "table1")]
+    assert order == sorted(order)
+    funnel = page[order[0] : order[1]]
+    assert "seed tasks</td><td class=\"n\">175" in funnel  # the built-in seeds
+    assert "too similar 4,321" in funnel  # step 1's drops from run.json, by reason
+    assert funnel.index("instructions kept (step 1)") < funnel.index("training examples (step 4)")
+    figures = page[order[1] : order[2]]
+    assert figures.count("<img ") == len(result.figures) == 4
+    assert "<img " not in page[order[2] :]  # each figure once, above the tables
 
 
 @pytest.fixture(scope="module")
@@ -505,7 +533,7 @@ def test_report_picks_the_run_models_labels(tmp_path: Path) -> None:
     _jsonl(other, [{"instruction": t, "is_classification": "Yes"} for t in INSTRUCTIONS])
     result = build_report(rf, sample_rows=0)  # run.json names the model "scripted"
     assert result.stats["table1"]["classification_instructions"] == 2
-    rf.run_file.unlink()
-    os.utime(other, (1, 1))  # without run.json: the newest file
-    result = build_report(rf, sample_rows=0)
-    assert result.stats["table1"]["classification_instructions"] == 2
+    rf.run_file.unlink()  # without run.json: no way to tell, so the report says so (one policy,
+    # RunFolder.find_classification_file, for every reader of step 2's file)
+    with pytest.raises(DataFileError, match="several classification files"):
+        build_report(rf, sample_rows=0)

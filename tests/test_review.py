@@ -357,7 +357,8 @@ def test_a_torn_last_line_is_repaired_on_start_with_one_warning(run, serve):
     warnings = [x for x in server.stderr.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and "torn last line" in warnings[0]
     assert str(run.reviews_file) in warnings[0]
-    assert [json.loads(x)["rating"] for x in run.reviews_file.read_text().splitlines()] == ["D", "B"]
+    lines = run.reviews_file.read_text().splitlines()
+    assert [json.loads(x)["rating"] for x in lines] == ["D", "B"]
 
 
 def test_bad_posts_get_400_with_a_json_error_and_change_nothing(run, serve):
@@ -533,9 +534,7 @@ def test_in_a_real_browser_clicks_and_keys_are_saved_and_shown_after_reload(
         for field, value in zip(ANSWER_FIELDS, values, strict=True):
             button(row, field, value).click()
     wait.until(lambda d: progress() == "2 of 5 reviewed")
-    wait.until(
-        lambda d: len(run.reviews()) == 2 and all(map(is_reviewed, run.reviews().values()))
-    )
+    wait.until(lambda d: len(run.reviews()) == 2 and all(map(is_reviewed, run.reviews().values())))
 
     # Keyboard: j to the third example, then a rating and the three answers.
     browser.find_element(By.CSS_SELECTOR, "#example-2 .example-head").click()

@@ -24,14 +24,21 @@ from selfinstruct.errors import (
     RunLockedError,
     SeedFileError,
     SelfInstructError,
+    TransientModelError,
 )
-from selfinstruct.evaluation import evaluate
+from selfinstruct.evaluation import EvalResult, Scores, evaluate
+from selfinstruct.judge import JudgeSettings
 from selfinstruct.models import Completion, Model, ModelInfo, Sampling, load_model
+from selfinstruct.models.scripted import ScriptedModel
 from selfinstruct.pipeline import Pipeline
 from selfinstruct.records import Example, Rating, SeedTask
 from selfinstruct.runfolder import RunFolder, RunRecord
 from selfinstruct.similarity import RougeLIndex, rouge_l
 from selfinstruct.steps import StepReport
+from selfinstruct.steps.classify import ClassifySettings
+from selfinstruct.steps.instances import InstanceSettings
+from selfinstruct.steps.instructions import InstructionSettings
+from selfinstruct.steps.prepare import PrepareSettings
 
 try:
     __version__ = _metadata.version("selfinstruct")
@@ -40,29 +47,38 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "BudgetExhausted",
+    "ClassifySettings",
     "Completion",
     "ConfigError",
     "DataFileError",
     "EngineSettings",
+    "EvalResult",
     "Example",
+    "InstanceSettings",
+    "InstructionSettings",
+    "JudgeSettings",
     "MissingExtraError",
     "Model",
     "ModelError",
     "ModelInfo",
     "Pipeline",
+    "PrepareSettings",
     "Rating",
     "RougeLIndex",
     "RunFolder",
-    "RunRecord",
     "RunLockedError",
+    "RunRecord",
     "Sampling",
+    "Scores",
+    "ScriptedModel",
     "SeedFileError",
     "SeedTask",
     "SelfInstructError",
     "StepReport",
-    "__version__",
+    "TransientModelError",
     "evaluate",
     "load_model",
     "rouge_l",
     "seeds",
+    "__version__",
 ]

@@ -75,7 +75,6 @@ class MachineInstruction:
         return out
 
 
-
 @dataclass
 class RejectedInstruction:
     """A line of `rejected_instructions.jsonl`: a step-1 candidate that was not kept.
@@ -103,7 +102,6 @@ class RejectedInstruction:
             "request_idx": self.request_idx,
             "candidate_idx": self.candidate_idx,
         }
-
 
 
 @dataclass
@@ -143,7 +141,6 @@ class InstanceGeneration:
             "most_similar": self.most_similar,
             "avg_similarity_score": self.avg_similarity_score,
         }
-
 
 
 @dataclass(frozen=True)

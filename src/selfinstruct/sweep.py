@@ -22,14 +22,13 @@ once the target was reached (`surplus`, never compared) are not replayed.
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfinstruct.errors import ConfigError, DataFileError
+from selfinstruct.errors import ConfigError
 from selfinstruct.records import SeedTask
 from selfinstruct.runfolder import RunFolder, RunRecord
 from selfinstruct.similarity import greedy_dedup
@@ -124,12 +123,12 @@ def load_sweep_input(run: str | Path | RunFolder, *, seeds: Seeds | None = None)
     seed_texts, source = _seed_texts(record, seeds)
     candidates: list[str] = []
     kept: list[bool] = []
-    for record in rf.read_decisions():
-        if record["kept"] or record.get("reason") == "too_similar":
-            text = record.get("instruction")
+    for decision in rf.read_decisions():
+        if decision["kept"] or decision.get("reason") == "too_similar":
+            text = decision.get("instruction")
             if isinstance(text, str):
                 candidates.append(text)
-                kept.append(bool(record["kept"]))
+                kept.append(bool(decision["kept"]))
     return SweepInput(
         seeds=seed_texts,
         seed_source=source,

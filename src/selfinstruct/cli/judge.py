@@ -147,7 +147,9 @@ def _judge(folder, opts: ModelOptions, seed: int, settings) -> None:
         reviews = folder.reviews(warn=reporter.warn)
         if reviews:
             judged = folder.judgments(model=model_id(pipeline.model), rated_only=True)
-            both = agreement((r.record, judged[k].record) for k, r in reviews.items() if k in judged)
+            both = agreement(
+                (r.record, judged[k].record) for k, r in reviews.items() if k in judged
+            )
             if both.n:
                 reporter.info(
                     f"agreement with the review page: exact {both.exact:.2f}, within one level"

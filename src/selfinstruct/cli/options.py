@@ -16,7 +16,6 @@ import click
 
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ConfigError
-from selfinstruct.models import Model, load_model
 
 DEFAULT_MODEL = "local"
 

@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
-import json
-import math
 import os
 import platform
-import random
 import resource
-import time
-import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from selfinstruct.errors import ConfigError, MissingExtraError, ModelError
-from selfinstruct.finetune.data import Example, read_examples, split_examples
-from selfinstruct.finetune.export import (
-    FULL_TYPES,
-    check_exportable,
-    read_gguf_header,
-    write_full_gguf,
-    write_lora_gguf,
-)
-from selfinstruct.io import write_atomic, write_jsonl_atomic
-from selfinstruct.progress import Reporter
-from selfinstruct.runfolder import FinetuneFolder
-
 
 INSTALL_HINT = "pip install 'selfinstruct[finetune]'"
-
 
 
 def import_training_stack() -> dict[str, Any]:
@@ -56,7 +36,6 @@ def import_training_stack() -> dict[str, Any]:
     return modules
 
 
-
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -67,7 +46,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
 
 
 def resolve_base(spec: str) -> Path:
@@ -89,7 +67,6 @@ def resolve_base(spec: str) -> Path:
     return default_model_path()
 
 
-
 def bf16_supported() -> bool:
     """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16
     autocast is emulated and slower than fp32."""
@@ -100,11 +77,9 @@ def bf16_supported() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-
 def peak_rss_mib() -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if platform.system() != "Darwin" else kb / 1024 / 1024
-
 
 
 @contextlib.contextmanager
@@ -122,12 +97,10 @@ def _cached_tensor_name_map(gguf: Any) -> Iterator[None]:
         gguf.get_tensor_name_map = original
 
 
-
 def _dtype_argument(transformers: Any, dtype: Any) -> dict[str, Any]:
     """transformers 4.56 renamed `torch_dtype` to `dtype` (the old name now warns)."""
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
 
 
 def load_base(path: Path, stack: dict[str, Any]) -> tuple[Any, Any]:
@@ -156,4 +129,3 @@ def load_base(path: Path, stack: dict[str, Any]) -> tuple[Any, Any]:
             del model.config.quantization_config
     model.config.use_cache = False
     return tokenizer, model
-

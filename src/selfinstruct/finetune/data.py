@@ -10,10 +10,10 @@ Formats, detected per record so that a file may even mix them:
 * the task format of ``seed_tasks.jsonl`` and ``user_oriented_instructions.jsonl``:
   ``{"id", "instruction", "instances": [{"input", "output"}, ...]}`` (one example an instance).
 
-Every reader yields the same `records.Example` as the run's readers: the instruction and input where the text lets us
-recover them, else the raw prompt. The user turn a model is trained on is `Example.user`: the
-instruction, then a blank line and the input when there is one (the chat file's own rendering),
-so an example trains the same whichever file it came from.
+Every reader yields the same `records.Example` as the run's readers: the instruction and input
+where the text lets us recover them, else the raw prompt. The user turn a model is trained on
+is `Example.user`: the instruction, then a blank line and the input when there is one (the chat
+file's own rendering), so an example trains the same whichever file it came from.
 """
 
 from __future__ import annotations

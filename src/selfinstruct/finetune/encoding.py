@@ -3,38 +3,16 @@ the loss mask over the assistant's tokens, and the batches of an epoch."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import io
-import json
-import math
-import os
-import platform
 import random
-import resource
-import time
-import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from selfinstruct.errors import ConfigError, MissingExtraError, ModelError
-from selfinstruct.finetune.data import Example, read_examples, split_examples
-from selfinstruct.finetune.export import (
-    FULL_TYPES,
-    check_exportable,
-    read_gguf_header,
-    write_full_gguf,
-    write_lora_gguf,
-)
-from selfinstruct.io import write_atomic, write_jsonl_atomic
+from selfinstruct.errors import ConfigError, ModelError
+from selfinstruct.finetune.data import Example
 from selfinstruct.progress import Reporter
-from selfinstruct.runfolder import FinetuneFolder
 
 if TYPE_CHECKING:
-    from selfinstruct.finetune.local import LocalConfig, _Run
+    from selfinstruct.finetune.local import _Run
 
 
 @dataclass
@@ -45,7 +23,6 @@ class Encoded:
     @property
     def n_response(self) -> int:
         return sum(1 for x in self.labels if x != -100)
-
 
 
 class ChatEncoder:
@@ -99,14 +76,12 @@ class ChatEncoder:
         return Encoded(prompt + response, [-100] * len(prompt) + response)
 
 
-
 @dataclass
 class Tokenized:
     train: list[Encoded]
     held: list[Encoded]
     too_long: int  # examples dropped: the prompt alone exceeds max_length
     pad_id: int
-
 
 
 def tokenize(run: _Run, tokenizer: Any, reporter: Reporter) -> Tokenized:
@@ -127,12 +102,10 @@ def tokenize(run: _Run, tokenizer: Any, reporter: Reporter) -> Tokenized:
     return Tokenized(train_set, held_set, too_long, pad_id)
 
 
-
 def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-
 
 
 def collate(torch: Any, items: list[Encoded], pad_id: int) -> dict[str, Any]:
@@ -146,4 +119,3 @@ def collate(torch: Any, items: list[Encoded], pad_id: int) -> dict[str, Any]:
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -427,4 +427,3 @@ def export_trained(
     path = FinetuneFolder(out).adapter
     write_lora_gguf(path, state, base_header, alpha=cfg.lora_alpha)
     return {"gguf_adapter": str(path), "peft_adapter": str(peft_dir)}
-

@@ -24,34 +24,15 @@ tokens and batches, `loop.py` trains and checkpoints, `export.py` writes the GGU
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import io
 import json
-import math
 import os
-import platform
-import random
-import resource
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from selfinstruct.errors import ConfigError, MissingExtraError, ModelError
-from selfinstruct.finetune.data import Example, read_examples, split_examples
-from selfinstruct.finetune.export import (
-    FULL_TYPES,
-    check_exportable,
-    read_gguf_header,
-    write_full_gguf,
-    write_lora_gguf,
-)
-from selfinstruct.io import write_atomic, write_jsonl_atomic
-from selfinstruct.progress import Reporter
-from selfinstruct.runfolder import FinetuneFolder
+from selfinstruct.errors import ConfigError
 from selfinstruct.finetune.base import (
     import_training_stack,
     load_base,
@@ -59,8 +40,14 @@ from selfinstruct.finetune.base import (
     resolve_base,
     versions,
 )
+from selfinstruct.finetune.data import Example, read_examples, split_examples
 from selfinstruct.finetune.encoding import Tokenized, tokenize
-from selfinstruct.finetune.export import export_trained
+from selfinstruct.finetune.export import (
+    FULL_TYPES,
+    check_exportable,
+    export_trained,
+    read_gguf_header,
+)
 from selfinstruct.finetune.loop import (
     ThreadTuner,
     Training,
@@ -70,6 +57,9 @@ from selfinstruct.finetune.loop import (
     start_training,
     train,
 )
+from selfinstruct.io import write_atomic, write_jsonl_atomic
+from selfinstruct.progress import Reporter
+from selfinstruct.runfolder import FinetuneFolder
 
 
 @dataclass
@@ -132,7 +122,6 @@ class LocalConfig:
         return out
 
 
-
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -141,14 +130,12 @@ class TrainResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-
 def _data_digest(examples: list[Example]) -> str:
     h = hashlib.sha256()
     for e in examples:
         h.update(json.dumps([e.system, e.user, e.output], ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
-
 
 
 def train_local(
@@ -182,7 +169,6 @@ def train_local(
     return _finish(training, tuner, stop_reason, load_seconds)
 
 
-
 @dataclass
 class _Run:
     """What one run is about: its settings, examples, base model and output folder."""
@@ -211,7 +197,6 @@ class _Run:
         return FinetuneFolder(self.out).report_file
 
 
-
 def _open_run(data: str | Path, out: Path, cfg: LocalConfig, reporter: Reporter) -> _Run:
     stack = import_training_stack()
     base_path = resolve_base(cfg.base)
@@ -227,7 +212,6 @@ def _open_run(data: str | Path, out: Path, cfg: LocalConfig, reporter: Reporter)
     return _Run(
         cfg, data, out, stack, base_path, base_header, examples, train_ex, held_ex, fingerprint
     )
-
 
 
 def _completed_report(run: _Run) -> dict[str, Any] | None:
@@ -246,7 +230,6 @@ def _completed_report(run: _Run) -> dict[str, Any] | None:
     return None
 
 
-
 def _write_split(run: _Run) -> None:
     run.out.mkdir(parents=True, exist_ok=True)
     folder = FinetuneFolder(run.out)
@@ -254,10 +237,8 @@ def _write_split(run: _Run) -> None:
     write_jsonl_atomic(folder.train, (e.to_dict() for e in run.train_ex))
 
 
-
 def _max_threads(cfg: LocalConfig) -> int:
     return cfg.threads or os.cpu_count() or 1
-
 
 
 def _load_base_timed(run: _Run, reporter: Reporter) -> tuple[Any, Any, float]:
@@ -266,7 +247,6 @@ def _load_base_timed(run: _Run, reporter: Reporter) -> tuple[Any, Any, float]:
     reporter.info(f"loading {run.base_path.name} with transformers (dequantising to fp32)...")
     tokenizer, model = load_base(run.base_path, run.stack)
     return tokenizer, model, time.perf_counter() - started
-
 
 
 def _finish(
@@ -282,7 +262,6 @@ def _finish(
     if status == "complete":
         remove_checkpoint(run.checkpoint_path)
     return TrainResult(run.out, status, stop_reason, report)
-
 
 
 def _report(
@@ -315,7 +294,6 @@ def _report(
     }
 
 
-
 def _data_report(run: _Run, data: Tokenized) -> dict[str, Any]:
     return {
         "file": str(run.data),
@@ -326,7 +304,6 @@ def _data_report(run: _Run, data: Tokenized) -> dict[str, Any]:
         "train_tokens_per_epoch": sum(len(e.input_ids) for e in data.train),
         "response_tokens_per_epoch": sum(e.n_response for e in data.train),
     }
-
 
 
 def _training_report(training: Training, load_seconds: float) -> dict[str, Any]:
@@ -348,7 +325,6 @@ def _training_report(training: Training, load_seconds: float) -> dict[str, Any]:
     }
 
 
-
 def _loss_summary(progress: dict[str, Any]) -> dict[str, Any]:
     losses = progress["losses"]
     evals = progress["eval"]
@@ -362,7 +338,6 @@ def _loss_summary(progress: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-
 def _clear_outputs(out: Path) -> None:
     import shutil
 
@@ -372,4 +347,3 @@ def _clear_outputs(out: Path) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-

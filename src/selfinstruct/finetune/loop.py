@@ -4,36 +4,18 @@ each epoch's end, limits, and a checkpoint every few minutes that a rerun contin
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import io
-import json
 import math
 import os
-import platform
-import random
-import resource
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfinstruct.errors import ConfigError, MissingExtraError, ModelError
-from selfinstruct.finetune.data import Example, read_examples, split_examples
-from selfinstruct.finetune.export import (
-    FULL_TYPES,
-    check_exportable,
-    read_gguf_header,
-    write_full_gguf,
-    write_lora_gguf,
-)
-from selfinstruct.io import write_atomic, write_jsonl_atomic
-from selfinstruct.progress import Reporter
-from selfinstruct.runfolder import FinetuneFolder
+from selfinstruct.errors import ConfigError, ModelError
 from selfinstruct.finetune.base import bf16_supported
 from selfinstruct.finetune.encoding import Encoded, Tokenized, batches, collate
+from selfinstruct.progress import Reporter
 
 if TYPE_CHECKING:
     from selfinstruct.finetune.local import LocalConfig, _Run
@@ -42,13 +24,11 @@ if TYPE_CHECKING:
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     remaining = max(1, total - warmup)
     return max(0.0, 1.0 - (step - warmup) / remaining)
-
 
 
 def supervised_loss(torch: Any, causal_lm: Any, batch: dict[str, Any]) -> tuple[Any, int]:
@@ -65,7 +45,6 @@ def supervised_loss(torch: Any, causal_lm: Any, batch: dict[str, Any]) -> tuple[
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
     n = int(keep.sum())
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep]), n
-
 
 
 class ThreadTuner:
@@ -117,16 +96,13 @@ class ThreadTuner:
         self.steps += 1
 
 
-
 class Stop(Exception):
     def __init__(self, reason: str):
         self.reason = reason
 
 
-
 def _use_bf16(cfg: LocalConfig) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
-
 
 
 def _make_trainable(model: Any, cfg: LocalConfig, peft: Any) -> Any:
@@ -148,7 +124,6 @@ def _make_trainable(model: Any, cfg: LocalConfig, peft: Any) -> Any:
         return peft.get_peft_model(model, lora)
 
 
-
 def _new_progress() -> dict[str, Any]:
     """The run's position and measurements; saved in each checkpoint."""
     return {
@@ -160,7 +135,6 @@ def _new_progress() -> dict[str, Any]:
         "eval": [],  # (epoch, held-out loss)
         "invocations": 0,
     }
-
 
 
 @dataclass
@@ -247,7 +221,6 @@ class Training:
         return value, n_tokens, dt
 
 
-
 def start_training(run: _Run, model: Any, data: Tokenized) -> Training:
     cfg, torch = run.cfg, run.torch
     trainable = _make_trainable(model, cfg, run.stack["peft"])
@@ -274,7 +247,6 @@ def start_training(run: _Run, model: Any, data: Tokenized) -> Training:
     )
 
 
-
 def resume(training: Training, state: dict[str, Any] | None, reporter: Reporter) -> None:
     """Continue from a checkpoint's state, if any; count this invocation."""
     progress = training.progress
@@ -295,7 +267,6 @@ def resume(training: Training, state: dict[str, Any] | None, reporter: Reporter)
     progress["invocations"] += 1
 
 
-
 @dataclass
 class _Invocation:
     """This invocation's own counters (a checkpoint does not keep them)."""
@@ -310,7 +281,6 @@ class _Invocation:
     def flush_window(self, progress: dict[str, Any]) -> None:
         progress["losses"].append((progress["step"], sum(self.window) / len(self.window)))
         self.window = []
-
 
 
 def train(training: Training, tuner: ThreadTuner, reporter: Reporter) -> str | None:
@@ -343,13 +313,11 @@ def train(training: Training, tuner: ThreadTuner, reporter: Reporter) -> str | N
     return None
 
 
-
 def _check_limits(cfg: LocalConfig, progress: dict[str, Any], now: _Invocation) -> None:
     if cfg.max_train_tokens is not None and progress["tokens"] >= cfg.max_train_tokens:
         raise Stop("max_train_tokens")
     if cfg.max_minutes is not None and time.monotonic() - now.started >= cfg.max_minutes * 60:
         raise Stop("max_minutes")
-
 
 
 def _record_step(
@@ -374,7 +342,6 @@ def _record_step(
         now.flush_window(progress)
 
 
-
 def _checkpoint_when_due(training: Training, now: _Invocation) -> None:
     """At each epoch's end (after measuring the held-out loss) and every few minutes."""
     progress, steps_per_epoch = training.progress, training.steps_per_epoch
@@ -389,12 +356,10 @@ def _checkpoint_when_due(training: Training, now: _Invocation) -> None:
         now.last_checkpoint = time.monotonic()
 
 
-
 def _trainable_state(model: Any, full: bool) -> dict[str, Any]:
     if full:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
 
 
 def _save_checkpoint(
@@ -421,7 +386,6 @@ def _save_checkpoint(
     os.replace(tmp, path)
 
 
-
 def load_checkpoint(
     torch: Any, path: Path, fingerprint: dict[str, Any], out: Path
 ) -> dict[str, Any] | None:
@@ -439,7 +403,6 @@ def load_checkpoint(
             " another --out, or add --restart to replace it"
         )
     return state
-
 
 
 def _restore(
@@ -465,10 +428,8 @@ def _restore(
     torch.set_rng_state(state["torch_rng"])
 
 
-
 def remove_checkpoint(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     with contextlib.suppress(OSError):
         path.parent.rmdir()
-

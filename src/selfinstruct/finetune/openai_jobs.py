@@ -156,8 +156,8 @@ def _check_state(state: _State, fingerprint: str, out: Path) -> None:
     failed (continuing it would go nowhere)."""
     if state.data and state.data.get("fingerprint") != fingerprint:
         raise ConfigError(
-            f"{FinetuneFolder(out).openai_job} belongs to another fine-tuning (different data, model or"
-            " settings): choose another --out, or add --restart to start a new job"
+            f"{FinetuneFolder(out).openai_job} belongs to another fine-tuning (different data,"
+            " model or settings): choose another --out, or add --restart to start a new job"
         )
     status = state.data.get("status")
     if status in FAILED:

@@ -394,7 +394,9 @@ def calibrate(
     Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
 
     def pairs(labelled: list[_Labelled], judged: dict[str, Rating]) -> Pairs:
-        return [(x.human, judged[x.example.key].record) for x in labelled if x.example.key in judged]
+        return [
+            (x.human, judged[x.example.key].record) for x in labelled if x.example.key in judged
+        ]
 
     if plan.reviews:
         report.reviews = agreement(pairs(plan.reviews, known))

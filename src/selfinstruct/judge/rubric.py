@@ -39,7 +39,7 @@ QUESTIONS: tuple[str, ...] = tuple(QUESTION_TEXT)
 
 
 def normalize_rating(value: Any) -> str | None:
-    """"a", " B " -> "A", "B"; None for anything that is not one of the four levels."""
+    """ "a", " B " -> "A", "B"; None for anything that is not one of the four levels."""
     if isinstance(value, str) and value.strip().upper() in RATING_ORDER:
         return value.strip().upper()
     return None

@@ -6,11 +6,6 @@ import json
 import re
 from dataclasses import dataclass
 from string import Template
-from typing import Any
-
-from selfinstruct.errors import ConfigError
-from selfinstruct.models.base import Sampling
-from selfinstruct.prompts import template
 
 from selfinstruct.judge.rubric import (  # noqa: F401  (the judge's names for them)
     QUESTIONS,
@@ -19,6 +14,8 @@ from selfinstruct.judge.rubric import (  # noqa: F401  (the judge's names for th
     meets,
     normalize_rating,
 )
+from selfinstruct.models.base import Sampling
+from selfinstruct.prompts import template
 
 #: For the completions API the prompt opens the answer, so that a base model continues it.
 ANSWER_PRIMER = "Valid task:"

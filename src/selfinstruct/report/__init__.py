@@ -12,39 +12,28 @@ What it shows: counts and drops per step (from ``run.json`` and from the files),
 Table 1 statistics, Figure 2 (root verbs and their direct noun objects), Figure 3 (ROUGE-L of
 each instruction to the seed tasks and to the pool), Figure 4 (lengths of instructions, inputs
 and outputs), the share of classification tasks, a seeded sample of examples, ratings by an LLM
-judge and by a person where they exist, and the reasons step 1 rejected candidates for.
+judge and by a person where they exist, and the reasons step 1 rejected candidates for. The
+page opens on a funnel from the seed tasks to the training examples, with the drops of each
+step, and on the figures; the tables follow.
+
+One module each: `reading` (the run folder, through `RunFolder`'s typed readers), `analysis`
+(the numbers: stats.json), `figures` (matplotlib), `html` (the page).
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import html
-import io
 import json
-import math
-import random
-import textwrap
-from collections import Counter
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from selfinstruct.errors import ConfigError, DataFileError, SeedFileError
+from selfinstruct.errors import ConfigError
 from selfinstruct.io import write_atomic
-from selfinstruct.judge.rubric import QUESTION_TEXT, QUESTIONS, RATING_MEANING
-from selfinstruct.judge.rubric import RATING_ORDER as RATINGS
-from selfinstruct.records import Example, Rating
-from selfinstruct.runfolder import RunFolder, RunRecord
-from selfinstruct.verbs import Pair, verb_noun_pairs
 from selfinstruct.report.analysis import Analysis, analyse, collect_stats, draw_samples
 from selfinstruct.report.figures import Figures
 from selfinstruct.report.html import render
 from selfinstruct.report.reading import Progress, read_run
+from selfinstruct.runfolder import RunFolder
 
 __all__ = ["HTML_FILE", "STATS_FILE", "ReportResult", "build_report"]
 
@@ -73,7 +62,6 @@ class ReportResult:
         return out
 
 
-
 def build_report(
     run: str | Path | RunFolder,
     *,
@@ -91,9 +79,9 @@ def build_report(
     with ``random.Random(seed)``. ``progress`` is told what is being done and every warning.
     ``parser`` chooses the verb/object parse (see :func:`selfinstruct.verbs.resolve_parser`).
     ``seed_tasks`` is the seed file Figure 3 compares with; by default the one step 1's
-    config in run.json records, else the built-in seed tasks. Where more than ``pool_sample`` instructions
-    lack step 1's ``most_similar``, their ROUGE-L to the pool is computed on a seeded random
-    sample of that many (the computation grows with the square of the pool).
+    config in run.json records, else the built-in seed tasks. Where more than ``pool_sample``
+    instructions lack step 1's ``most_similar``, their ROUGE-L to the pool is computed on a
+    seeded random sample of that many (the computation grows with the square of the pool).
 
     Raises ConfigError for a missing run folder and DataFileError for a folder without step
     files, an empty step file or a malformed line.

@@ -3,37 +3,29 @@ ROUGE-L, Figure 4's lengths, the ratings and the rejections; `collect_stats` is 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
-import io
-import json
-import math
 import random
-import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from selfinstruct.errors import ConfigError, DataFileError, SeedFileError
-from selfinstruct.io import write_atomic
-from selfinstruct.judge.rubric import QUESTION_TEXT, QUESTIONS, RATING_MEANING
+from selfinstruct.errors import ConfigError, SeedFileError
+from selfinstruct.judge.rubric import QUESTIONS
 from selfinstruct.judge.rubric import RATING_ORDER as RATINGS
 from selfinstruct.records import Example, Rating
+from selfinstruct.report.reading import Progress, Run
 from selfinstruct.runfolder import RunFolder, RunRecord
 from selfinstruct.verbs import Pair, verb_noun_pairs
-from selfinstruct.report.reading import Progress, Run
 
 PARSE_CACHE_FILE = "verb_noun_cache.json"
 TOP_VERBS = 20
 TOP_NOUNS = 4
 DEFAULT_THRESHOLD = 0.7
-
 
 
 def _words(text: Any) -> int:

@@ -3,33 +3,16 @@ in the steps' order (so are the warnings)."""
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import html
-import io
-import json
-import math
-import random
-import textwrap
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from selfinstruct.errors import ConfigError, DataFileError, SeedFileError
-from selfinstruct.io import write_atomic
-from selfinstruct.judge.rubric import QUESTION_TEXT, QUESTIONS, RATING_MEANING
-from selfinstruct.judge.rubric import RATING_ORDER as RATINGS
+from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.records import Example, Rating
 from selfinstruct.runfolder import RunFolder, RunRecord
-from selfinstruct.verbs import Pair, verb_noun_pairs
 
 Progress = Callable[[str], None]
-
 
 
 @dataclass

@@ -10,12 +10,12 @@ same files (atomically) from the same inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,9 +283,7 @@ def _write_training_files(
             stale.unlink()  # an earlier run's file under another count
     write_jsonl_atomic(gpt3_path, encoded)
 
-    examples = list(
-        dict.fromkeys(Example(*(text.strip() for text in e.texts)) for e in training)
-    )
+    examples = list(dict.fromkeys(Example(*(text.strip() for text in e.texts)) for e in training))
     write_jsonl_atomic(out.chat_finetuning, (chat_record(*e.texts) for e in examples))
     write_atomic(
         out.alpaca,
