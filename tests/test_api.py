@@ -301,3 +301,21 @@ def test_shared_options_are_declared_once() -> None:
             if isinstance(p, click.Option) and set(p.opts) & SHARED - {"--seed"}:
                 helps.setdefault(p.opts[0], set()).add((p.help, str(p.default)))
     assert helps and all(len(v) == 1 for v in helps.values()), helps
+
+
+def test_the_readme_lists_every_field_of_each_steps_settings() -> None:
+    import dataclasses
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for cls in (
+        si.InstructionSettings,
+        si.ClassifySettings,
+        si.InstanceSettings,
+        si.PrepareSettings,
+        si.JudgeSettings,
+    ):
+        (row,) = [line for line in readme.splitlines() if f"| `{cls.__name__}`:" in line]
+        listed = set(re.findall(r"`(\w+)`", row.split(f"`{cls.__name__}`:", 1)[1]))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert fields <= listed, f"{cls.__name__}: README lacks {sorted(fields - listed)}"

@@ -3,6 +3,8 @@ half-written output."""
 
 from __future__ import annotations
 
+import re
+
 from conftest import free_port
 from helpers import run_cli
 
@@ -72,3 +74,41 @@ def test_unreachable_server_is_one_clear_line(tmp_path):
     assert len(lines) == 1 and "cannot reach http://127.0.0.1" in lines[0]
     assert "sk-secret-value-123" not in result.stderr + result.stdout
     assert not out.exists()
+
+
+def test_library_errors_name_settings_and_the_cli_shows_flags(tmp_path):
+    import ast
+    from pathlib import Path
+
+    import pytest
+
+    from selfinstruct.cli import for_the_command_line
+    from selfinstruct.errors import ConfigError
+    from selfinstruct.models.spec import parse_spec
+
+    with pytest.raises(ConfigError) as raised:
+        parse_spec("bogus:x")
+    assert raised.value.settings == ["model"] and "--" not in str(raised.value)
+    assert for_the_command_line("`max_length` 8: too short; `nothing_known`") == (
+        "--max-length 8: too short; nothing_known"
+    )
+    result = selfinstruct("generate-instructions", "--out", str(tmp_path / "r"), "--model", "x:y")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --model 'x:y': unknown backend")
+
+    # No error the library raises spells a flag: the command line adds them (a whole command
+    # it suggests, 'selfinstruct run --out X', is not a flag of the call that failed).
+    package = Path(__file__).resolve().parents[1] / "src" / "selfinstruct"
+    found = []
+    for path in package.rglob("*.py"):
+        if "cli" in path.relative_to(package).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                for part in ast.walk(node.exc):
+                    text = part.value if isinstance(part, ast.Constant) else None
+                    if isinstance(text, str) and "selfinstruct " in text:
+                        continue
+                    if isinstance(text, str) and re.search(r"(^|[\s(])--[a-z]", text):
+                        found.append(f"{path.name}:{node.lineno}: {text.strip()}")
+    assert not found, "\n".join(found)

@@ -218,6 +218,34 @@ def _run(command, args: list[str]) -> str:
     return result.stdout
 
 
+ADAPTER_BEFORE_SPLIT = Path(__file__).parent / "data" / "adapter_before_split.json"
+
+
+@pytest.mark.slow
+def test_the_adapter_is_the_one_trained_before_the_split(tmp_path: Path) -> None:
+    """local.py's split into base/encoding/loop/export changed no byte of what it trains."""
+    import hashlib
+    import platform
+
+    torch = pytest.importorskip("torch")
+    from selfinstruct.finetune import LocalConfig, train_local
+
+    before = json.loads(ADAPTER_BEFORE_SPLIT.read_text())
+    if (torch.__version__, platform.machine()) != (before["torch"], before["machine"]):
+        pytest.skip(f"the digest was recorded with torch {before['torch']} on {before['machine']}")
+    data = tmp_path / "data.jsonl"
+    rows = [
+        {"instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
+        for i in range(12)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = LocalConfig(epochs=1, lora_r=2, lora_alpha=4.0, batch_size=4, max_length=64,
+                      eval_fraction=0.0, threads=1, seed=0, precision="fp32")  # fmt: skip
+    train_local(data, tmp_path / "ft", cfg)
+    adapter = (tmp_path / "ft" / "adapter.gguf").read_bytes()
+    assert hashlib.sha256(adapter).hexdigest() == before["sha256"]
+
+
 # One epoch at a higher peak learning rate than the default: measured here, 0.78 exact match
 # after (0.80 with two epochs at 1e-3), in half the time.
 TRAIN_ARGS = ["--epochs", "1", "--lr", "2e-3", "--eval-fraction", "0.2", "--quiet"]

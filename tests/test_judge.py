@@ -312,7 +312,9 @@ def test_no_step_4_file_or_a_bad_line_is_one_clear_error(tmp_path, scripted):
         judge_run(context(scripted(by_number)), rf)
     rf = make_run(tmp_path, 2)
     rf.all_instances.write_text('{"instruction": "x", "output": "y"}\n{"instruction": 3}\n')
-    with pytest.raises(DataFileError, match=r"all_generated_instances.jsonl:2: field .instruction. is not text"):
+    with pytest.raises(
+        DataFileError, match=r"all_generated_instances.jsonl:2: field .instruction. is not text"
+    ):
         judge_run(context(scripted(by_number)), rf)
 
 

@@ -153,7 +153,7 @@ def test_the_first_screen_is_the_funnel_then_the_figures(tmp_path: Path) -> None
     order = [page.index(f'<h2 id="{k}">') for k in ("funnel", "figures", "counts", "table1")]
     assert order == sorted(order)
     funnel = page[order[0] : order[1]]
-    assert "seed tasks</td><td class=\"n\">175" in funnel  # the built-in seeds
+    assert 'seed tasks</td><td class="n">175' in funnel  # the built-in seeds
     assert "too similar 4,321" in funnel  # step 1's drops from run.json, by reason
     assert funnel.index("instructions kept (step 1)") < funnel.index("training examples (step 4)")
     figures = page[order[1] : order[2]]

@@ -3,6 +3,7 @@ one policy for the classification file, one fine-tune folder."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -140,3 +141,31 @@ def test_one_example_type_reads_every_format() -> None:
     e = Example("Say hi.", "to Ann", "Hi Ann.")
     assert e.user == "Say hi.\n\nto Ann"
     assert e.chat_messages()[-1] == {"role": "assistant", "content": "Hi Ann."}
+
+
+def test_a_misspelled_setting_fails_before_any_model_call(tmp_path: Path) -> None:
+    import selfinstruct as si
+
+    model = si.ScriptedModel(lambda prompt: "never asked")
+    with si.Pipeline(out=tmp_path / "run", model=model) as pipeline:
+        with pytest.raises(si.ConfigError, match="'similarity_treshold'; did you mean"):
+            pipeline.generate_instructions(5, similarity_treshold=0.5)
+        with pytest.raises(si.ConfigError, match="InstanceSettings has no setting 'max_instance'"):
+            pipeline.run(5, instances={"max_instance": 3})
+        with pytest.raises(si.ConfigError, match="PrepareSettings"):
+            pipeline.run(5, prepare={"min_rating": "B", "include_seeds": True})
+    assert model.prompts == [] and not (tmp_path / "run").exists()
+
+
+def test_the_scripted_model_is_public_and_scripts_failures(tmp_path: Path) -> None:
+    import selfinstruct as si
+    from selfinstruct.models.base import Sampling
+
+    model = si.ScriptedModel(["one", ("two", "length"), si.ModelError("refused")])
+    first = asyncio.run(model.complete(["a b", "c"], Sampling()))
+    assert [(c.text, c.finish_reason) for c in first] == [("one", "stop"), ("two", "length")]
+    with pytest.raises(si.ModelError, match="refused"):
+        asyncio.run(model.complete(["d"], Sampling()))
+    with pytest.raises(si.ModelError, match="no answer left"):
+        asyncio.run(model.complete(["e"], Sampling()))
+    assert model.prompts == ["a b", "c", "d", "e"]

@@ -194,7 +194,7 @@ def test_the_seed_file_comes_from_the_config_never_the_command_line(tmp_path, sc
 def test_thresholds_option():
     assert parse_thresholds("0.5,0.6, 0.8") == [0.5, 0.6, 0.8]
     for bad in ("0.5,x", "1.5", ""):
-        with pytest.raises(ConfigError, match="--thresholds"):
+        with pytest.raises(ConfigError, match="`thresholds`"):
             parse_thresholds(bad)
 
 

@@ -12,15 +12,28 @@
 
 An interrupted command (Ctrl-C) exits 130. Whatever the error, what was accepted before it stays
 on disk and a rerun of the same command resumes.
+
+A message names the settings it is about by their Python names in backticks (`max_length`,
+`similarity_threshold`): what a library user passes. The command line shows each as its flag
+(`--max-length`): `cli.for_the_command_line`.
 """
 
 from __future__ import annotations
+
+import re
+
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
 class SelfInstructError(Exception):
     """Base class of every error this package raises on purpose."""
 
     exit_code = 1
+
+    @property
+    def settings(self) -> list[str]:
+        """The settings the message names, in order (empty when it is about no setting)."""
+        return _SETTING.findall(str(self))
 
 
 class ConfigError(SelfInstructError):

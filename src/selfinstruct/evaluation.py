@@ -231,7 +231,7 @@ def evaluate_model(
     """Answer every example of `tasks` not yet in `out`, append the answers, score `out`.
     With `check`, the model is checked first (server reachable, key accepted)."""
     if prompt_format not in PROMPT_FORMATS:
-        raise ConfigError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}")
+        raise ConfigError(f"`prompt_format` must be one of {', '.join(PROMPT_FORMATS)}")
     reporter = reporter or Reporter(quiet=True)
     sampling = sampling or Sampling(max_tokens=256, temperature=0.0)
     examples = read_examples(tasks, warn=reporter.warn)

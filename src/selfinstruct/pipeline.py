@@ -31,7 +31,7 @@ from selfinstruct.progress import Reporter
 from selfinstruct.records import Example, SeedTask
 from selfinstruct.runfile import RunFile
 from selfinstruct.runfolder import RunFolder
-from selfinstruct.steps import StepContext, StepReport
+from selfinstruct.steps import StepContext, StepReport, check_settings, make_settings
 from selfinstruct.steps.classify import ClassifySettings, identify_classification
 from selfinstruct.steps.instances import InstanceSettings, generate_instances
 from selfinstruct.steps.instructions import InstructionSettings, generate_instructions
@@ -142,7 +142,9 @@ class Pipeline:
         """Step 1: grow the pool to `num_instructions` machine instructions. `options` are
         `InstructionSettings` fields (similarity_threshold, lowercase_rest, ...)."""
         seeds = self.seeds  # a bad seed file stops here, before any model call
-        settings = InstructionSettings(num_instructions=num_instructions, seed=self.seed, **options)
+        settings = make_settings(
+            InstructionSettings, num_instructions=num_instructions, seed=self.seed, **options
+        )
         return self._model_step(
             settings,
             lambda ctx: generate_instructions(ctx, seeds, self.folder, settings),
@@ -151,14 +153,14 @@ class Pipeline:
 
     def identify_classification(self, **options: Any) -> StepReport:
         """Step 2: label each instruction classification or not (`ClassifySettings` fields)."""
-        settings = ClassifySettings(**options)
+        settings = make_settings(ClassifySettings, **options)
         return self._model_step(
             settings, lambda ctx: identify_classification(ctx, self.folder, settings)
         )
 
     def generate_instances(self, **options: Any) -> StepReport:
         """Step 3: instances for each labelled instruction (`InstanceSettings` fields)."""
-        settings = InstanceSettings(**options)
+        settings = make_settings(InstanceSettings, **options)
         return self._model_step(
             settings, lambda ctx: generate_instances(ctx, self.folder, settings)
         )
@@ -178,7 +180,7 @@ class Pipeline:
         (13-gram or ROUGE-L); None looks for the paper's user-oriented tasks on this machine,
         [] turns the check off.
         """
-        settings = PrepareSettings(include_seed_tasks=include_seed_tasks, **options)
+        settings = make_settings(PrepareSettings, include_seed_tasks=include_seed_tasks, **options)
         seeds = self.seeds if settings.include_seed_tasks else None
         filters, ratings, config = self._example_filters(min_rating, decontaminate)
         with self.folder.lock():
@@ -224,7 +226,7 @@ class Pipeline:
         judgments.jsonl; then `prepare(min_rating="B")` keeps the good ones."""
         from selfinstruct.judge import JudgeSettings, judge_run
 
-        settings = JudgeSettings(**options)
+        settings = make_settings(JudgeSettings, **options)
         return self._model_step(settings, lambda ctx: judge_run(ctx, self.folder, settings))
 
     def calibrate_judge(self, settings: Any) -> Any:
@@ -265,6 +267,15 @@ class Pipeline:
         """All four steps; rerun on the same folder to resume. The dicts pass further settings
         to one step each. Raises when a step cannot complete (the folder stays consistent)."""
         reports: dict[str, StepReport] = {}
+        # A misspelled setting of any step stops here, before any model call.
+        for cls, given in (
+            (InstructionSettings, instructions),
+            (ClassifySettings, classification),
+            (InstanceSettings, instances),
+            (PrepareSettings, prepare),
+        ):
+            given = {k: v for k, v in (given or {}).items() if k not in _PREPARE_FILTERS}
+            check_settings(cls, given)
         # Bad seeds or an unusable model stop here, before the folder is made.
         self.seeds, self.model  # noqa: B018
         with self.folder.lock():
@@ -310,10 +321,9 @@ class Pipeline:
             self._record(report, settings, with_model=True, extra=extra)
         self.reporter.summary(TITLES[report.step], report.rows())
         if report.engine is not None and report.engine.budget_stop:
-            which = report.engine.budget_stop.replace("_", "-")
             raise BudgetExhausted(
-                f"stopped at the --{which} budget; the folder is consistent: rerun with a larger"
-                " budget to continue"
+                f"stopped at the `{report.engine.budget_stop}` budget; the folder is consistent:"
+                " rerun with a larger budget to continue"
             )
         if not report.complete:
             self.reporter.warn(
@@ -358,6 +368,10 @@ class Pipeline:
             seed=self.seed if with_model else None,
             price=self.price,
         )
+
+
+# `prepare`'s own arguments beside its PrepareSettings fields.
+_PREPARE_FILTERS = ("min_rating", "decontaminate")
 
 
 def rating_filter(ratings: dict[str, str], minimum: str) -> Any:

@@ -205,11 +205,11 @@ class Example:
     @classmethod
     def from_dict(cls, record: dict[str, Any], where: str) -> Example:
         """An instances-format record; DataFileError naming `where` (file:line) otherwise.
-        A null or missing input is the empty input."""
+        A null or missing input is the empty input; instruction and output must be there."""
         texts = []
         for name in ("instruction", "input", "output"):
             value = record.get(name)
-            if value is None and name != "instruction":
+            if value is None and name == "input":
                 value = ""
             if value is None:
                 raise DataFileError(f"{where}: missing field '{name}'")

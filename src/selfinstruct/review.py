@@ -107,7 +107,7 @@ def sample_examples(
     rows already reviewed.
     """
     if size < 1:
-        raise ConfigError(f"--sample {size}: must be at least 1")
+        raise ConfigError(f"`sample` {size}: must be at least 1")
     chosen = random.Random(seed).sample(range(len(examples)), min(size, len(examples)))
     return [examples[i] for i in sorted(chosen)]
 
@@ -255,7 +255,7 @@ def check_host(host: str) -> str:
     """The address to bind: 127.0.0.1, whatever loopback name was given; else ConfigError."""
     if host not in LOOPBACK_NAMES:
         raise ConfigError(
-            f"--host {host!r}: the review page is served on 127.0.0.1 only"
+            f"`host` {host!r}: the review page is served on 127.0.0.1 only"
             " (it has no login; reach it from elsewhere through an SSH tunnel)"
         )
     return DEFAULT_HOST
@@ -276,8 +276,8 @@ class ReviewServer(ThreadingHTTPServer):
             session.close()
             if port and e.errno == errno.EADDRINUSE:
                 raise ConfigError(
-                    f"--port {port}: already in use on {address}; choose another"
-                    " (--port 0 takes any free port)"
+                    f"`port` {port}: already in use on {address}; choose another"
+                    " (`port` 0 takes any free port)"
                 ) from None
             raise ConfigError(f"cannot listen on {address}:{port}: {e.strerror or e}") from None
         self.port = self.server_address[1]

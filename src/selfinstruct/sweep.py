@@ -174,10 +174,10 @@ def parse_thresholds(text: str) -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise ConfigError(f"--thresholds: {part!r} is not a number") from None
+            raise ConfigError(f"`thresholds`: {part!r} is not a number") from None
         if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"--thresholds: {value} is outside [0, 1]")
+            raise ConfigError(f"`thresholds`: {value} is outside [0, 1]")
         out.append(value)
     if not out:
-        raise ConfigError("--thresholds: give at least one threshold, e.g. 0.5,0.6,0.7,0.8")
+        raise ConfigError("`thresholds`: give at least one threshold, e.g. 0.5,0.6,0.7,0.8")
     return out

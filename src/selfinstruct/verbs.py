@@ -339,12 +339,12 @@ class SpacyParser:
             import spacy  # noqa: PLC0415 - optional
         except ImportError:
             raise ConfigError(
-                "--parser spacy: spaCy is not installed (pip install spacy)"
+                "`parser` spacy: spaCy is not installed (pip install spacy)"
             ) from None
         try:
             self._nlp = spacy.load(model)
         except OSError as e:
-            raise ConfigError(f"--parser spacy:{model}: cannot load the pipeline ({e})") from None
+            raise ConfigError(f"`parser` spacy:{model}: cannot load the pipeline ({e})") from None
         unused = [p for p in self._nlp.pipe_names if p in ("ner", "textcat", "textcat_multilabel")]
         if unused:
             self._nlp.select_pipes(disable=unused)  # only the parse is needed
@@ -391,8 +391,8 @@ def resolve_parser(parser: str = "auto") -> tuple[str, SpacyParser | None]:
         if not models:
             if parser == "spacy":
                 raise ConfigError(
-                    "--parser spacy: no en_core_web_* spaCy pipeline is installed"
-                    " (use --parser heuristic)"
+                    "`parser` spacy: no en_core_web_* spaCy pipeline is installed"
+                    " (use `parser` heuristic)"
                 )
             return HEURISTIC, None
         p = SpacyParser(models[0])
@@ -400,7 +400,7 @@ def resolve_parser(parser: str = "auto") -> tuple[str, SpacyParser | None]:
     if parser.startswith("spacy:"):
         p = SpacyParser(parser.split(":", 1)[1])
         return p.method, p
-    raise ConfigError(f"--parser {parser!r}: expected auto, heuristic, spacy or spacy:MODEL")
+    raise ConfigError(f"`parser` {parser!r}: expected auto, heuristic, spacy or spacy:MODEL")
 
 
 def verb_noun_pairs(

@@ -6,7 +6,9 @@ errors become one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import re
 import sys
 
 import click
@@ -30,6 +32,32 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"selfinstruct.cli.{_name}")
 
 
+@functools.cache
+def _flags() -> dict[str, str]:
+    """Each option's Python name (the library setting it sets) -> its flag, over every command."""
+    flags: dict[str, str] = {}
+
+    def walk(command: click.Command) -> None:
+        for param in command.params:
+            longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+            if isinstance(param, click.Option) and longs and param.name:
+                flags.setdefault(param.name, longs[0])
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(cli)
+    # The library's `model` is a spec string or a Model; the option that takes it is named for
+    # the spec.
+    flags.setdefault("model", flags["model_spec"])
+    return flags
+
+
+def for_the_command_line(message: str) -> str:
+    """A library message as the command line says it: each `setting` named by its flag."""
+    flags = _flags()
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: flags.get(m[1], m[1]), message)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: typed errors become one line on stderr and an exit code."""
     try:
@@ -41,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except SelfInstructError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {for_the_command_line(str(e))}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:
         click.echo(f"error: {e.filename or ''}: {e.strerror or e}", err=True)

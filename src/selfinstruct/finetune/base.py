@@ -54,13 +54,13 @@ def resolve_base(spec: str) -> Path:
 
     parsed = parse_spec(spec)
     if parsed.backend != "local":
-        raise ConfigError(f"--base {spec!r}: the local backend trains a GGUF file (local[:PATH])")
+        raise ConfigError(f"`base` {spec!r}: the local backend trains a GGUF file (local[:PATH])")
     if parsed.options:
-        raise ConfigError(f"--base {spec!r}: options do not apply to a base model")
+        raise ConfigError(f"`base` {spec!r}: options do not apply to a base model")
     if parsed.name:
         path = Path(parsed.name).expanduser()
         if not path.is_file():
-            raise ConfigError(f"--base: GGUF file {str(path)!r} not found")
+            raise ConfigError(f"`base`: GGUF file {str(path)!r} not found")
         return path
     from selfinstruct.models.llamacpp import default_model_path
 

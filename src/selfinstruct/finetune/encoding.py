@@ -93,7 +93,7 @@ def tokenize(run: _Run, tokenizer: Any, reporter: Reporter) -> Tokenized:
     train_set = [e for e in train_enc if e is not None]
     held_set = [e for e in held_enc if e is not None]
     if not train_set:
-        raise ConfigError(f"no training example fits --max-length {max_length}")
+        raise ConfigError(f"no training example fits `max_length` {max_length}")
     if too_long:
         reporter.warn(f"{too_long} example(s) dropped: the prompt alone exceeds --max-length")
     pad_id = tokenizer.pad_token_id

@@ -302,7 +302,7 @@ def write_full_gguf(
 
     check_exportable(base)
     if out_type not in FULL_TYPES:
-        raise ConfigError(f"--gguf-type must be one of {', '.join(FULL_TYPES)}")
+        raise ConfigError(f"`gguf_type` must be one of {', '.join(FULL_TYPES)}")
     qtype, file_type = _gguf_types(out_type)
     n_head, n_kv = _head_counts(base)
     by_gguf = _by_gguf_name(state)

@@ -95,21 +95,21 @@ class LocalConfig:
 
     def check(self) -> None:
         if self.epochs < 1:
-            raise ConfigError("--epochs must be at least 1")
+            raise ConfigError("`epochs` must be at least 1")
         if self.batch_size < 1:
-            raise ConfigError("--batch-size must be at least 1")
+            raise ConfigError("`batch_size` must be at least 1")
         if self.max_length < 16:
-            raise ConfigError("--max-length must be at least 16 tokens")
+            raise ConfigError("`max_length` must be at least 16 tokens")
         if not 0 <= self.eval_fraction < 1:
-            raise ConfigError("--eval-fraction must be in [0, 1)")
+            raise ConfigError("`eval_fraction` must be in [0, 1)")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError("--precision must be auto, bf16 or fp32")
+            raise ConfigError("`precision` must be auto, bf16 or fp32")
         if self.gguf_type not in FULL_TYPES:
-            raise ConfigError(f"--gguf-type must be one of {', '.join(FULL_TYPES)}")
+            raise ConfigError(f"`gguf_type` must be one of {', '.join(FULL_TYPES)}")
         if self.learning_rate <= 0:
-            raise ConfigError("--lr must be positive")
+            raise ConfigError("`lr` must be positive")
         if not self.full and (self.lora_r < 1 or self.lora_alpha <= 0):
-            raise ConfigError("--lora-r must be at least 1 and --lora-alpha positive")
+            raise ConfigError("`lora_r` must be at least 1 and `lora_alpha` positive")
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What a checkpoint must agree on to be continued (limits may change freely)."""
@@ -225,7 +225,7 @@ def _completed_report(run: _Run) -> dict[str, Any] | None:
     if previous.fingerprint != run.fingerprint:
         raise ConfigError(
             f"{run.out} holds another fine-tuning run (different data or settings): choose"
-            " another --out, or add --restart to replace it"
+            " another `out`, or add `restart` to replace it"
         )
     return None
 

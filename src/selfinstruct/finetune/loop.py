@@ -217,7 +217,7 @@ class Training:
         tuner.after_step(n_tokens, dt)
         value = loss.item()
         if not math.isfinite(value):
-            raise ModelError(f"the loss became {value} at step {self.progress['step']}: lower --lr")
+            raise ModelError(f"the loss became {value} at step {self.progress['step']}: lower `lr`")
         return value, n_tokens, dt
 
 
@@ -395,12 +395,12 @@ def load_checkpoint(
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         raise ConfigError(
-            f"{path}: unreadable checkpoint ({e}); add --restart to start over"
+            f"{path}: unreadable checkpoint ({e}); add `restart` to start over"
         ) from None
     if state.get("fingerprint") != fingerprint:
         raise ConfigError(
             f"{out} holds a checkpoint of another run (different data or settings): choose"
-            " another --out, or add --restart to replace it"
+            " another `out`, or add `restart` to replace it"
         )
     return state
 

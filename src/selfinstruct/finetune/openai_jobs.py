@@ -77,7 +77,7 @@ def _client(api_key: str | None, base_url: str | None, timeout: float) -> Any:
 
     key = api_key or os.environ.get("OPENAI_API_KEY")
     if not key:
-        raise ConfigError("the openai backend needs a key: --api-key or OPENAI_API_KEY")
+        raise ConfigError("the openai backend needs a key: `api_key` or OPENAI_API_KEY")
     url = base_url or os.environ.get("OPENAI_BASE_URL") or None
     return openai.OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=3)
 
@@ -98,7 +98,7 @@ def _api_error(e: Exception, doing: str) -> ModelError:
     import openai
 
     if isinstance(e, openai.APIConnectionError):
-        return ModelError(f"{doing}: cannot reach the server ({e}); check --base-url")
+        return ModelError(f"{doing}: cannot reach the server ({e}); check `base_url`")
     if isinstance(e, openai.AuthenticationError):
         return ModelError(f"{doing}: the server refused the key (HTTP 401)")
     if isinstance(e, openai.APIStatusError):
@@ -157,13 +157,13 @@ def _check_state(state: _State, fingerprint: str, out: Path) -> None:
     if state.data and state.data.get("fingerprint") != fingerprint:
         raise ConfigError(
             f"{FinetuneFolder(out).openai_job} belongs to another fine-tuning (different data,"
-            " model or settings): choose another --out, or add --restart to start a new job"
+            " model or settings): choose another `out`, or add `restart` to start a new job"
         )
     status = state.data.get("status")
     if status in FAILED:
         raise ModelError(
             f"fine-tuning job {state.data.get('job_id')} {status}: {state.data.get('error')};"
-            " add --restart to start a new job (charged again)"
+            " add `restart` to start a new job (charged again)"
         )
 
 

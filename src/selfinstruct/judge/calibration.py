@@ -102,7 +102,7 @@ def read_rated_file(path: Path) -> list[_Labelled]:
     """A JSONL of examples people rated: instruction, input, output, rating (A-D), and
     optionally valid_instruction, input_fits, output_correct."""
     if not path.exists():
-        raise ConfigError(f"--ratings {path}: no such file")
+        raise ConfigError(f"`ratings_file` {path}: no such file")
     out = []
     for number, record in enumerate(iter_jsonl(path), start=1):
         example = Example.from_dict(record, f"{path}:{number}")
@@ -114,7 +114,7 @@ def read_rated_file(path: Path) -> list[_Labelled]:
         human = {"rating": rating, **{q: record.get(q) for q in QUESTIONS}}
         out.append(_Labelled(example, human))
     if not out:
-        raise ConfigError(f"--ratings {path}: no rated examples in it")
+        raise ConfigError(f"`ratings_file` {path}: no rated examples in it")
     return out
 
 
@@ -173,20 +173,20 @@ def plan_calibration(
     if settings.use_predictions:
         directory = settings.predictions_dir or default_predictions_dir()
         if settings.predictions_dir is not None and not directory.is_dir():
-            raise ConfigError(f"--predictions-dir {directory}: no such folder")
+            raise ConfigError(f"`predictions_dir` {directory}: no such folder")
         if directory.is_dir() and settings.sample_per_model > 0:
             plan.predictions = read_predictions(directory, settings.sample_per_model, settings.seed)
             plan.predictions_dir = directory
             if not plan.predictions and settings.predictions_dir is not None:
                 raise ConfigError(
-                    f"--predictions-dir {directory}: no <model>{PREDICTIONS_SUFFIX} files of"
+                    f"`predictions_dir` {directory}: no <model>{PREDICTIONS_SUFFIX} files of"
                     " the release in it"
                 )
     if plan.empty:
         raise ConfigError(
             f"nothing to calibrate against: rate examples on the review page ({run.reviews_file}),"
-            " or give --ratings FILE (JSONL: instruction, input, output, rating A-D), or"
-            " --predictions-dir DIR (the release's human_eval/predictions)"
+            " or give `ratings_file` FILE (JSONL: instruction, input, output, rating A-D), or"
+            " `predictions_dir` DIR (the release's human_eval/predictions)"
         )
     return plan
 

@@ -44,7 +44,7 @@ def resolve_adapter(value: str) -> Path:
         path = FinetuneFolder(path).adapter
     if not path.is_file():
         raise ConfigError(
-            f"--model: LoRA adapter {value!r} not found (a .gguf file or a folder"
+            f"`model`: LoRA adapter {value!r} not found (a .gguf file or a folder"
             f" holding {FinetuneFolder.ADAPTER})"
         )
     return path
@@ -71,7 +71,7 @@ class LlamaCppModel(Model):
             raise ConfigError(f"llama-cpp-python is not importable ({e})") from None
         self.path = Path(path) if path else default_model_path()
         if not self.path.is_file():
-            raise ConfigError(f"--model: GGUF file {str(self.path)!r} not found")
+            raise ConfigError(f"`model`: GGUF file {str(self.path)!r} not found")
         self.api = api
         self.lora = Path(lora) if lora else None
         self.lora_scale = lora_scale
@@ -103,7 +103,7 @@ class LlamaCppModel(Model):
             threads = int(opts["threads"]) if "threads" in opts else None
         except ValueError:
             raise ConfigError(
-                f"--model {spec}: lora_scale, n_ctx and threads are numbers"
+                f"`model` {spec}: lora_scale, n_ctx and threads are numbers"
             ) from None
         return cls(
             spec.name or None,

@@ -92,7 +92,7 @@ class OpenAIModel(Model):
         if not key:
             if self.base_url == DEFAULT_BASE_URL:
                 raise ConfigError(
-                    "openai: no API key; pass --api-key or set OPENAI_API_KEY"
+                    "openai: no API key; pass `api_key` or set OPENAI_API_KEY"
                     " (local servers accept any value)"
                 )
             key = "unused"  # local servers ignore it, but the client requires one
@@ -131,9 +131,9 @@ class OpenAIModel(Model):
         try:
             batch = int(spec.options["batch"]) if "batch" in spec.options else None
         except ValueError:
-            raise ConfigError(f"--model {spec}: batch must be a whole number") from None
+            raise ConfigError(f"`model` {spec}: batch must be a whole number") from None
         if batch is not None and batch < 1:
-            raise ConfigError(f"--model {spec}: batch must be at least 1")
+            raise ConfigError(f"`model` {spec}: batch must be at least 1")
         return cls(
             spec.name,
             api=spec.api,
@@ -162,7 +162,7 @@ class OpenAIModel(Model):
         except openai.APIConnectionError as e:
             raise ModelError(
                 f"cannot reach {self.base_url} ({self._scrub(str(e.__cause__ or e))});"
-                " is the server running? (--base-url / OPENAI_BASE_URL)"
+                " is the server running? (`base_url` / OPENAI_BASE_URL)"
             ) from None
         except openai.APIStatusError as e:
             if e.status_code in (401, 403):
@@ -302,7 +302,7 @@ class OpenAIModel(Model):
         detail = self._scrub(_error_message(e))
         hint = ""
         if e.status_code == 401:
-            hint = " (check --api-key / OPENAI_API_KEY)"
+            hint = " (check `api_key` / OPENAI_API_KEY)"
         elif e.status_code == 404:
             hint = f" (is model '{self.model}' served at {self.base_url}?)"
         return ModelError(f"{self.base_url}: {what}: {detail}{hint}")

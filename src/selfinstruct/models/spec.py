@@ -49,30 +49,30 @@ def parse_spec(text: str) -> ModelSpec:
     """Parse a model spec; raise ConfigError naming what is wrong with it."""
     raw = text.strip()
     if not raw:
-        raise ConfigError("--model: empty model spec (try 'local' or 'openai:MODEL')")
+        raise ConfigError("`model`: empty model spec (try 'local' or 'openai:MODEL')")
     head, _, query = raw.partition("?")
     backend, _, name = head.partition(":")
     backend = backend.strip().lower()
     if backend not in BACKENDS:
         raise ConfigError(
-            f"--model {text!r}: unknown backend {backend!r}; use 'local[:PATH.gguf]' or "
+            f"`model` {text!r}: unknown backend {backend!r}; use 'local[:PATH.gguf]' or "
             "'openai:MODEL'"
         )
     if backend == "openai" and not name:
-        raise ConfigError(f"--model {text!r}: name the model, e.g. 'openai:gpt-4o-mini'")
+        raise ConfigError(f"`model` {text!r}: name the model, e.g. 'openai:gpt-4o-mini'")
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise ConfigError(
-            f"--model {text!r}: options must look like ?key=value&key=value"
+            f"`model` {text!r}: options must look like ?key=value&key=value"
         ) from None
     options = dict(pairs)
     unknown = sorted(set(options) - _OPTIONS[backend])
     if unknown:
         allowed = ", ".join(sorted(_OPTIONS[backend]))
         raise ConfigError(
-            f"--model {text!r}: unknown option {unknown[0]!r} for {backend} (known: {allowed})"
+            f"`model` {text!r}: unknown option {unknown[0]!r} for {backend} (known: {allowed})"
         )
     if options.get("api", APIS[0]) not in APIS:
-        raise ConfigError(f"--model {text!r}: api must be 'completions' or 'chat'")
+        raise ConfigError(f"`model` {text!r}: api must be 'completions' or 'chat'")
     return ModelSpec(backend=backend, name=name.strip(), options=options)

@@ -4,13 +4,35 @@ folder, appends its own records as they are accepted, and resumes where it stopp
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import dataclasses
+import difflib
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from selfinstruct.engine import EngineSettings, EngineStats, run_sync
+from selfinstruct.errors import ConfigError
 from selfinstruct.models.base import Model, Usage
 from selfinstruct.progress import Reporter
+
+S = TypeVar("S")
+
+
+def check_settings(cls: type, options: Mapping[str, Any]) -> None:
+    """ConfigError naming the first of `options` that is not a field of the settings class
+    `cls` (and the field it was probably meant to be), before anything runs."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in options:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (it has: {', '.join(names)})"
+            raise ConfigError(f"{cls.__name__} has no setting {key!r}{hint}")
+
+
+def make_settings(cls: type[S], **options: Any) -> S:
+    """`cls(**options)`, a misspelled name a ConfigError rather than a TypeError."""
+    check_settings(cls, options)
+    return cls(**options)
 
 
 @dataclass
