@@ -97,7 +97,7 @@ def test_a_failed_job_is_a_clear_error_also_on_rerun(tmp_path: Path, data) -> No
         assert isinstance(result.exception, ModelError)
         assert "ftjob-0001 failed: Training file has too few examples." in str(result.exception)
         again = CliRunner().invoke(finetune_command, _args(data, out, server))
-        assert again.exit_code != 0 and "--restart" in str(again.exception)
+        assert again.exit_code != 0 and "`restart`" in str(again.exception)
         assert server.creations == 1
         restarted = CliRunner().invoke(finetune_command, _args(data, out, server, "--restart"))
         assert restarted.exit_code != 0 and server.creations == 2

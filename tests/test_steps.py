@@ -218,19 +218,23 @@ def test_step3_uses_output_first_for_classification(tmp_path, scripted):
     }
 
 
+def texts(examples: list) -> list[tuple[str, str, str]]:
+    return [e.texts for e in examples]
+
+
 def test_instance_parsing_and_cleaning():
     raw = (
         "Example 1\nSentence: hi there\nOutput: greeting\n"
         "Example 2\nSentence: bye\nOutput: farewell"
     )
-    assert parse_generation_instances(raw, "T") == [
+    assert texts(parse_generation_instances(raw, "T")) == [
         ("T", "Sentence: hi there", "greeting"),
         ("T", "Sentence: bye", "farewell"),
     ]
-    assert parse_generation_instances("Output: just this", "T") == [("T", "", "just this")]
-    assert parse_generation_instances("no markers at all", "T") == []
-    assert parse_classification_instances(
-        "Class label: Pos\nText: good\nClass label: Neg", "T"
+    assert texts(parse_generation_instances("Output: just this", "T")) == [("T", "", "just this")]
+    assert texts(parse_generation_instances("no markers at all", "T")) == []
+    assert texts(
+        parse_classification_instances("Class label: Pos\nText: good\nClass label: Neg", "T")
     ) == [
         ("T", "Text: good", "Pos"),
         ("T", "", "Neg"),
@@ -241,13 +245,13 @@ def test_instance_parsing_and_cleaning():
     dropped = Counter()
     # same input, two outputs: the whole task goes
     raw = "Example 1\nInput: a\nOutput: b\nExample 2\nInput: a\nOutput: c"
-    assert clean_task_instances(raw, "T", False, "stop", dropped) == []
+    assert texts(clean_task_instances(raw, "T", False, "stop", dropped)) == []
     assert dropped["conflicting_outputs"] == 2
     raw = "Example 1\nInput: a\nOutput: a\nExample 2\nInput: q\nOutput: w:\nExample 3\nOutput: ok"
-    assert clean_task_instances(raw, "T", False, "stop", dropped) == [("T", "", "ok")]
+    assert texts(clean_task_instances(raw, "T", False, "stop", dropped)) == [("T", "", "ok")]
     assert dropped["invalid_input_equals_output"] == 1 and dropped["invalid_ends_with_colon"] == 1
     raw = "Example 1\nOutput: one\nExample 2\nOutput: tw"
-    assert clean_task_instances(raw, "T", False, "length", dropped) == [("T", "", "one")]
+    assert texts(clean_task_instances(raw, "T", False, "length", dropped)) == [("T", "", "one")]
 
 
 def test_prepare_writes_all_formats(tmp_path):
