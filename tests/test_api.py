@@ -33,6 +33,7 @@ PUBLIC = {
     "InstanceSettings",
     "EvalResult",
     "ClassifySettings",
+    "BatchSettings",
     "BudgetExhausted",
     "Completion",
     "ConfigError",

@@ -18,9 +18,9 @@ LAYERS: list[set[str]] = [
     {"errors", "io", "records"},
     {"models", "similarity", "filters", "prompts", "formats", "runfolder", "progress", "seeds"}
     | {"verbs"},  # the verb/object parse: a leaf, used by the report only
-    {"engine"},
+    {"engine", "batchapi"},
     {"steps", "runfile", "finetune", "dedup"},
-    {"pipeline", "evaluation", "judge", "report", "review", "sweep", "decontaminate"},
+    {"pipeline", "evaluation", "judge", "report", "review", "sweep", "decontaminate", "forecast"},
     {"cli"},
     {"__init__"},
 ]

@@ -14,6 +14,7 @@ The names below are the public API; everything else is private and may change.
 from importlib import metadata as _metadata
 
 from selfinstruct import seeds
+from selfinstruct.batchapi import BatchSettings
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import (
     BudgetExhausted,
@@ -46,6 +47,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "BatchSettings",
     "BudgetExhausted",
     "ClassifySettings",
     "Completion",

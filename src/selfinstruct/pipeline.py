@@ -23,13 +23,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selfinstruct.batchapi import BatchSettings
 from selfinstruct.engine import EngineSettings
-from selfinstruct.errors import BudgetExhausted, SelfInstructError
+from selfinstruct.errors import BudgetExhausted, ConfigError, SelfInstructError
 from selfinstruct.io import write_atomic
 from selfinstruct.models import Model, load_model
 from selfinstruct.progress import Reporter
 from selfinstruct.records import Example, SeedTask
-from selfinstruct.runfile import RunFile
+from selfinstruct.runfile import RunFile, cost
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport, check_settings, make_settings
 from selfinstruct.steps.classify import ClassifySettings, identify_classification
@@ -54,7 +55,9 @@ class Pipeline:
     `load_model`) or a `Model`. `seeds` is a list of `SeedTask`, a seed file's path, or None for
     the built-in set. `engine` sets concurrency, retries, rate limits and the run's budgets.
     `price` is (prompt, completion) USD per million tokens, for the cost in run.json. With
-    `progress`, bars and summaries go to stderr.
+    `batch_api` (True or a `BatchSettings`), every model step goes through OpenAI's Batch API
+    (docs/batch.md), its cost at `batch_price`, by default half of `price`. With `progress`,
+    bars and summaries go to stderr.
     """
 
     def __init__(
@@ -69,6 +72,8 @@ class Pipeline:
         timeout: float = 120.0,
         seed: int = 42,
         price: tuple[float, float] | None = None,
+        batch_api: bool | BatchSettings = False,
+        batch_price: tuple[float, float] | None = None,
         progress: bool = False,
         reporter: Reporter | None = None,
         command: str = "python",
@@ -76,6 +81,19 @@ class Pipeline:
         self.folder = RunFolder.of(out)
         self.seed = seed
         self.price = price
+        self.batch = (
+            (batch_api if isinstance(batch_api, BatchSettings) else BatchSettings())
+            if batch_api
+            else None
+        )
+        self.batch_price = batch_price
+        if self.batch is not None and isinstance(model, str) and not model.startswith("openai:"):
+            raise ConfigError(
+                f"batch_api: the Batch API needs an OpenAI-compatible model ('openai:MODEL'),"
+                f" not {model!r}"
+            )
+        if batch_price is None and price is not None:
+            self.batch_price = (price[0] / 2, price[1] / 2)  # OpenAI's batch discount
         self.engine = engine or EngineSettings()
         self.reporter = reporter or Reporter(quiet=not progress)
         self.command = command
@@ -306,6 +324,46 @@ class Pipeline:
             )
         return reports
 
+    # --- the forecast ---------------------------------------------------------------------
+
+    def estimate(
+        self,
+        num_instructions: int = 100,
+        *,
+        steps: tuple[str, ...] | None = None,
+        pilot: int = 0,
+        request_batch_size: int = 5,
+        seconds_per_request: float | None = None,
+    ) -> Any:
+        """Forecast the run (or `steps` of it): requests, tokens, cost online and in Batch API
+        mode, wall time; written to forecast.json. No model call, unless `pilot` > 0: then that
+        many real step-1 requests (and steps 2-4 on what they keep) go into `pilot/` first, and
+        the forecast uses their yields instead of the paper's."""
+        from selfinstruct import forecast
+
+        yields = None
+        if pilot:
+            yields = forecast.pilot(self, pilot, request_batch_size=request_batch_size)
+        spec = self._model_spec if isinstance(self._model_spec, str) else "openai:model"
+        already = len(self.folder.read_instructions()) if self.folder.instructions.exists() else 0
+        concurrency = self.engine.concurrency or (1 if spec.startswith("local") else 8)
+        result = forecast.estimate(
+            self.seeds,
+            num_instructions=num_instructions,
+            model_spec=spec,
+            steps=steps or forecast.RUN_STEPS,
+            request_batch_size=request_batch_size,
+            already=already,
+            yields=yields,
+            price=self.price,
+            batch_price=self.batch_price,
+            concurrency=concurrency,
+            seconds_per_request=seconds_per_request,
+            seed=self.seed,
+        )
+        write_atomic(self.folder.forecast, json.dumps(result.to_dict(), indent=2) + "\n")
+        return result
+
     # --- one model step -------------------------------------------------------------------
 
     def _model_step(
@@ -314,12 +372,16 @@ class Pipeline:
         model = self.model  # an unreachable server or a refused key stops before the folder
         with self.folder.lock():
             ctx = StepContext(
-                model=model, engine=self.engine, reporter=self.reporter, runner=self._loop()
+                model=model,
+                engine=self.engine,
+                reporter=self.reporter,
+                runner=self._loop(),
+                engines=self._batch_engines(model),
             )
             report: StepReport = step(ctx)
             self._spend(report)
             self._record(report, settings, with_model=True, extra=extra)
-        self.reporter.summary(TITLES[report.step], report.rows())
+        self.reporter.summary(TITLES[report.step], report.rows() + self._cost_rows(report))
         if report.engine is not None and report.engine.budget_stop:
             raise BudgetExhausted(
                 f"stopped at the `{report.engine.budget_stop}` budget; the folder is consistent:"
@@ -331,6 +393,42 @@ class Pipeline:
                 " continue where it stopped"
             )
         return report
+
+    def _cost_rows(self, report: StepReport) -> list[tuple[str, Any]]:
+        """This invocation's cost, at the price it ran at."""
+        price = self.batch_price if self.batch is not None else self.price
+        spent = cost(report.usage, price)
+        if spent is None:
+            return []
+        which = "batch price" if self.batch is not None else "price"
+        return [(f"cost (USD, at the {which})", f"{spent:.4f}")]
+
+    def _batch_engines(self, model: Model) -> Any:
+        """In Batch API mode, what makes each step's engine (None: the online engine)."""
+        batch = self.batch
+        if batch is None:
+            return None
+        from selfinstruct.batchapi.engine import BatchEngine
+        from selfinstruct.models.openai import OpenAIModel
+
+        if not isinstance(model, OpenAIModel):
+            raise ConfigError(
+                f"batch_api: the Batch API needs an OpenAI-compatible model ('openai:MODEL'),"
+                f" not {model.info.backend}"
+            )
+
+        def make(step: str, usage: Any, _jitter_seed: int | None) -> Any:
+            return BatchEngine(
+                model,
+                self.engine,
+                self.folder,
+                step=step,
+                batch=batch,
+                usage=usage,
+                reporter=self.reporter,
+            )
+
+        return make
 
     def _spend(self, report: StepReport) -> None:
         """The budgets are for the whole pipeline: what a step spent is gone for the next."""
@@ -367,6 +465,7 @@ class Pipeline:
             model=model,
             seed=self.seed if with_model else None,
             price=self.price,
+            batch_price=self.batch_price if with_model and self.batch is not None else None,
         )
 
 

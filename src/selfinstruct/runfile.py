@@ -94,7 +94,10 @@ class RunFile:
         model: ModelInfo | None,
         seed: int | None,
         price: tuple[float, float] | None = None,
+        batch_price: tuple[float, float] | None = None,
     ) -> None:
+        """Merge one step's report. `batch_price`, given when the step ran through the Batch
+        API, prices that step's tokens instead of `price`."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
         d = self.data
         d.setdefault("created_at", now)
@@ -123,6 +126,17 @@ class RunFile:
                 "failures": _add(step.get("engine", {}).get("failures", {}), e["failures"]),
                 "last_budget_stop": e["budget_stop"],
             }
+        if report.engine is not None and "batch" in (e := report.engine.to_dict()):
+            step["batch"] = _merge_batch(step.get("batch", {}), e["batch"])
+        step_price = batch_price or price
+        if step_price is not None:
+            # Each step at the price it was run at: a run may mix online and batch steps.
+            step["cost_usd"] = round(step.get("cost_usd", 0.0) + cost(report.usage, step_price), 6)
+            step["price_per_million_tokens"] = {
+                "prompt": step_price[0],
+                "completion": step_price[1],
+                "mode": "batch" if batch_price else "online",
+            }
         total = Usage()
         for s in d["steps"].values():
             u = s.get("usage", {})
@@ -133,9 +147,21 @@ class RunFile:
         if price is not None:
             d["price_per_million_tokens"] = {"prompt": price[0], "completion": price[1]}
         stored = d.get("price_per_million_tokens")
-        if stored:
+        used = [s for s in d["steps"].values() if s.get("usage", {}).get("requests")]
+        if used and all("cost_usd" in s for s in used):
+            d["cost_usd"] = round(sum(s["cost_usd"] for s in used), 6)
+        elif stored:
             d["cost_usd"] = round(cost(total, (stored["prompt"], stored["completion"])) or 0.0, 6)
         write_atomic(self.path, json.dumps(d, indent=2, ensure_ascii=False) + "\n")
+
+
+def _merge_batch(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """A step's Batch API record over invocations: counts added, batch ids in order."""
+    out = _add(before, {k: v for k, v in now.items() if not isinstance(v, dict | list)})
+    out["batch_ids"] = list(before.get("batch_ids", [])) + list(now.get("batch_ids", []))
+    for name in ("failed_lines", "statuses"):
+        out[name] = _add(before.get(name, {}), now.get(name, {}))
+    return out
 
 
 def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

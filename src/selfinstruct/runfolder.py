@@ -237,6 +237,22 @@ class RunFolder:
         return self.path / "run.json"
 
     @property
+    def batches(self) -> Path:
+        """Batch API mode: every file uploaded and batch created, one line each, written the
+        moment its id exists (a rerun resumes polling instead of paying again)."""
+        return self.path / "batches.jsonl"
+
+    def batch_output(self, batch_id: str, kind: str) -> Path:
+        """A finished batch's downloaded `output` or `error` file, kept so that an answer paid
+        for is read from disk, not bought again."""
+        return self.path / "batch_files" / f"{engine_slug(batch_id)}.{kind}.jsonl"
+
+    @property
+    def forecast(self) -> Path:
+        """`selfinstruct estimate`'s last forecast, for `report` to show beside the actual."""
+        return self.path / "forecast.json"
+
+    @property
     def judgments_file(self) -> Path:
         """The LLM judge's ratings of step 4's instances."""
         return self.path / "judgments.jsonl"

@@ -13,9 +13,13 @@ import click
 
 from selfinstruct.cli import cli
 from selfinstruct.cli.options import (
+    BatchOptions,
     ModelOptions,
+    batch_options,
+    batch_price_option,
     first_instructions_option,
     model_options,
+    parse_price,
     request_batch_size_option,
     run_folder_option,
     seed_option,
@@ -71,6 +75,15 @@ DECONTAMINATE = click.option(
 NO_DECONTAMINATE = click.option(
     "--no-decontaminate", is_flag=True, help="Skip the decontamination check."
 )
+# `run`'s target, and what `estimate` forecasts: one option, so the two read the same
+RUN_NUM_INSTRUCTIONS = click.option(
+    "--num-instructions",
+    "num_instructions",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Machine instructions to generate (the paper: 52K; its script: 100).",
+)
 INCLUDE_SEEDS_HELP = "Add the seed tasks' instances to the fine-tuning data."
 
 
@@ -110,13 +123,14 @@ INCLUDE_SEEDS_HELP = "Add the seed tasks' instances to the fine-tuning data."
 @LOWERCASE_REST
 @seed_option(42)
 @model_options
+@batch_options
 def generate_instructions_cmd(
     batch_dir: Path, seed_tasks: Path | None, seed: int, num_instructions: int, **kwargs: Any
 ) -> None:
     """Step 1: bootstrap new instructions from the seed tasks."""
-    opts = ModelOptions.pop(kwargs)
+    opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
     with opts.pipeline(
-        batch_dir, seed=seed, seeds=seed_tasks, command="generate-instructions"
+        batch_dir, seed=seed, seeds=seed_tasks, command="generate-instructions", batch=batch
     ) as p:
         p.generate_instructions(num_instructions, **kwargs)
 
@@ -138,10 +152,11 @@ def generate_instructions_cmd(
 @LENIENT_LABELS
 @seed_option(42)
 @model_options
+@batch_options
 def identify_clf_cmd(batch_dir: Path, seed: int, template: str, **kwargs: Any) -> None:
     """Step 2: ask the model whether each instruction is a classification task."""
-    opts = ModelOptions.pop(kwargs)
-    with opts.pipeline(batch_dir, seed=seed, command="identify-clf") as p:
+    opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
+    with opts.pipeline(batch_dir, seed=seed, command="identify-clf", batch=batch) as p:
         p.identify_classification(**kwargs)
 
 
@@ -184,10 +199,11 @@ def identify_clf_cmd(batch_dir: Path, seed: int, template: str, **kwargs: Any) -
 )
 @seed_option(42)
 @model_options
+@batch_options
 def generate_instances_cmd(batch_dir: Path, seed: int, max_instances: int, **kwargs: Any) -> None:
     """Step 3: generate instances, output-first for classification tasks, input-first otherwise."""
-    opts = ModelOptions.pop(kwargs)
-    with opts.pipeline(batch_dir, seed=seed, command="generate-instances") as p:
+    opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
+    with opts.pipeline(batch_dir, seed=seed, command="generate-instances", batch=batch) as p:
         p.generate_instances(max_instances_to_generate=max_instances, **kwargs)
 
 
@@ -276,14 +292,7 @@ def prepare_cmd(
 @cli.command("run")
 @run_folder_option
 @seed_tasks_option
-@click.option(
-    "--num-instructions",
-    "num_instructions",
-    type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="Machine instructions to generate (the paper: 52K; its script: 100).",
-)
+@RUN_NUM_INSTRUCTIONS
 @MAX_INSTANCES
 @CLASSIFICATION_ONLY
 @request_batch_size_option
@@ -299,6 +308,7 @@ def prepare_cmd(
 @NO_DECONTAMINATE
 @seed_option(42)
 @model_options
+@batch_options
 def run_cmd(
     batch_dir: Path,
     seed_tasks: Path | None,
@@ -311,9 +321,9 @@ def run_cmd(
     **kwargs: Any,
 ) -> None:
     """Run all four steps into one folder; rerun it to resume."""
-    opts = ModelOptions.pop(kwargs)
+    opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
     eval_sets = eval_sets_option(decontaminate, no_decontaminate)
-    with opts.pipeline(batch_dir, seed=seed, seeds=seed_tasks, command="run") as p:
+    with opts.pipeline(batch_dir, seed=seed, seeds=seed_tasks, command="run", batch=batch) as p:
         p.run(
             num_instructions,
             instructions={"lowercase_rest": lowercase_rest},
@@ -326,6 +336,80 @@ def run_cmd(
             f"done: {batch_dir}  ({usage.get('requests', 0)} requests,"
             f" {usage.get('total_tokens', 0):,} tokens in all; details in run.json)"
         )
+
+
+# --- the forecast -------------------------------------------------------------------------
+
+
+@cli.command("estimate")
+@run_folder_option
+@seed_tasks_option
+@RUN_NUM_INSTRUCTIONS
+@click.option(
+    "--step",
+    type=click.Choice(["all", "instructions", "classify", "instances", "judge"]),
+    default="all",
+    show_default=True,
+    help="Forecast one step only; 'all' is what `run` sends (steps 1-3; step 4 makes no call).",
+)
+@request_batch_size_option
+@click.option(
+    "--pilot",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="First send N real step-1 requests (and steps 2-4 on what they keep, into RUN/pilot)"
+    " and forecast from their yields instead of the paper's  [default: no model call]",
+)
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds one request takes online  [default: the pilot's, else 1 s + 50 tokens/s]",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the forecast as JSON.")
+@seed_option(42)
+@model_options
+@batch_price_option
+def estimate_cmd(
+    batch_dir: Path,
+    seed_tasks: Path | None,
+    seed: int,
+    num_instructions: int,
+    step: str,
+    request_batch_size: int,
+    pilot: int,
+    latency: float | None,
+    as_json: bool,
+    batch_price: str | None,
+    **kwargs: Any,
+) -> None:
+    """Forecast a run before paying: requests, tokens, cost online and in Batch API mode, time.
+
+    From the prompts the steps would send and the paper's yields, with no model call; with
+    --pilot N from N real requests' yields. Written to RUN/forecast.json, which `report` shows
+    beside what the run then did.
+    """
+    import json
+
+    opts = ModelOptions.pop(kwargs)
+    with opts.pipeline(batch_dir, seed=seed, seeds=seed_tasks, command="estimate") as p:
+        price = parse_price(batch_price, "--batch-price")
+        if price is not None:
+            p.batch_price = price
+        result = p.estimate(
+            num_instructions,
+            steps=None if step == "all" else (step,),
+            pilot=pilot,
+            request_batch_size=request_batch_size,
+            seconds_per_request=latency,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    width = max(len(label) for label, _ in result.rows())
+    for label, value in result.rows():
+        click.echo(f"{label:<{width}}  {value}")
 
 
 def eval_sets_option(files: tuple[Path, ...], off: bool) -> list[Path] | None:

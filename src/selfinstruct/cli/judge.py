@@ -10,7 +10,9 @@ import click
 
 from selfinstruct.cli import cli
 from selfinstruct.cli.options import (
+    BatchOptions,
     ModelOptions,
+    batch_options,
     model_options,
     request_batch_size_option,
     seed_option,
@@ -89,6 +91,7 @@ Examples:
 )
 @seed_option(42)
 @model_options
+@batch_options
 def judge_cmd(
     run: Path | None,
     batch_dir: Path | None,
@@ -107,7 +110,7 @@ def judge_cmd(
     """
     from selfinstruct.judge import JudgeSettings
 
-    opts = ModelOptions.pop(kwargs)
+    opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
     calibrating = calibrate or ratings_file is not None or predictions_dir is not None
     folder = _run_folder(run, batch_dir, create=calibrating)
     settings = JudgeSettings(
@@ -115,13 +118,15 @@ def judge_cmd(
         request_batch_size=kwargs["request_batch_size"],
         max_field_chars=kwargs["max_field_chars"],
     )
+    if calibrating and batch.batch_api:
+        raise ConfigError("--batch-api rates a run's examples; --calibrate runs online")
     if calibrating:
         _calibrate(
             folder, opts, seed, settings, ratings_file, predictions_dir, calibration_sample,
             not no_reviews,
         )  # fmt: skip
     else:
-        _judge(folder, opts, seed, settings)
+        _judge(folder, opts, seed, settings, batch)
 
 
 def _run_folder(run: Path | None, batch_dir: Path | None, *, create: bool):  # -> RunFolder
@@ -137,11 +142,11 @@ def _run_folder(run: Path | None, batch_dir: Path | None, *, create: bool):  # -
     return RunFolder(path)
 
 
-def _judge(folder, opts: ModelOptions, seed: int, settings) -> None:
+def _judge(folder, opts: ModelOptions, seed: int, settings, batch: BatchOptions) -> None:
     from selfinstruct.judge import agreement, model_id
 
     folder.read_examples()  # no step 4 file, or a bad one: one line, before any model is loaded
-    with opts.pipeline(folder.path, seed=seed, command="judge") as pipeline:
+    with opts.pipeline(folder.path, seed=seed, command="judge", batch=batch) as pipeline:
         pipeline.judge(**dataclasses.asdict(settings))  # unrated ones are asked again by a rerun
         reporter = pipeline.reporter
         reviews = folder.reviews(warn=reporter.warn)

@@ -221,18 +221,16 @@ class ModelOptions:
         )
 
     def parsed_price(self) -> tuple[float, float] | None:
-        if self.price is None:
-            return None
-        try:
-            prompt, completion = (float(x) for x in self.price.split(","))
-        except ValueError:
-            raise ConfigError(
-                f"--price {self.price!r}: expected two numbers, e.g. 0.15,0.60"
-            ) from None
-        return prompt, completion
+        return parse_price(self.price, "--price")
 
     def pipeline(
-        self, out: Path, *, seed: int, seeds: Path | None = None, command: str = ""
+        self,
+        out: Path,
+        *,
+        seed: int,
+        seeds: Path | None = None,
+        command: str = "",
+        batch: BatchOptions | None = None,
     ):  # -> selfinstruct.pipeline.Pipeline
         from selfinstruct.pipeline import Pipeline
 
@@ -248,4 +246,70 @@ class ModelOptions:
             price=self.parsed_price(),
             progress=not self.quiet,
             command=command,
+            **(batch.pipeline_options() if batch is not None else {}),
         )
+
+
+def parse_price(text: str | None, option: str) -> tuple[float, float] | None:
+    """'IN,OUT' USD per million prompt and completion tokens."""
+    if text is None:
+        return None
+    try:
+        prompt, completion = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected two numbers, e.g. 0.15,0.60") from None
+    return prompt, completion
+
+
+BATCH_API = click.option(
+    "--batch-api",
+    is_flag=True,
+    help="Send the requests through OpenAI's Batch API: half the price, answers within 24 h."
+    " Step 1 runs in rounds; batch ids are kept in the run folder, so a rerun resumes instead"
+    " of paying twice. Needs an 'openai:' model. See docs/batch.md.",
+)
+BATCH_PRICE = click.option(
+    "--batch-price",
+    default=None,
+    metavar="IN,OUT",
+    help="USD per million prompt and completion tokens in Batch API mode"
+    "  [default: half of --price, OpenAI's batch discount]",
+)
+BATCH_POLL = click.option(
+    "--batch-poll",
+    type=click.FloatRange(min=0.01),
+    default=30.0,
+    show_default=True,
+    help="Seconds between two looks at a running batch.",
+)
+
+
+def batch_options(f: Callable) -> Callable:
+    """Batch API mode: --batch-api, its price and how often to look at a running batch."""
+    return _apply(f, [BATCH_API, BATCH_PRICE, BATCH_POLL])
+
+
+def batch_price_option(f: Callable) -> Callable:
+    return BATCH_PRICE(f)
+
+
+@dataclasses.dataclass
+class BatchOptions:
+    batch_api: bool
+    batch_price: str | None
+    batch_poll: float
+
+    @classmethod
+    def pop(cls, kwargs: dict[str, Any]) -> BatchOptions:
+        return cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)})
+
+    def pipeline_options(self) -> dict[str, Any]:
+        """What `Pipeline` takes: batch_api (its settings) and batch_price."""
+        from selfinstruct.batchapi import BatchSettings
+
+        price = parse_price(self.batch_price, "--batch-price")
+        if price is not None and not self.batch_api:
+            raise ConfigError("--batch-price needs --batch-api")
+        if not self.batch_api:
+            return {}
+        return {"batch_api": BatchSettings(poll_seconds=self.batch_poll), "batch_price": price}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfinstruct.engine import Engine, Request, RequestFailed
+from selfinstruct.engine import Request, RequestFailed
 from selfinstruct.io import JsonlAppender, iter_jsonl
 from selfinstruct.judge.verdict import (
     ANSWER_PRIMER,
@@ -123,7 +123,7 @@ def _judge_items(
         )
         for chunk in batched(items, per_request)
     )  # fmt: skip
-    engine = Engine(ctx.model, ctx.engine, usage=report.usage)
+    engine = ctx.make_engine("judge", report.usage)
     report.engine = engine.stats
     ctx.run(engine.run(requests, on_result, on_failure))
     return tally

@@ -169,7 +169,9 @@ class OpenAIModel(Model):
                 raise self._fatal(e) from None
             # Servers without a /models endpoint are fine; the first real call will tell.
 
-    async def complete(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
+    def request_body(self, prompts: list[str], sampling: Sampling) -> tuple[str, dict[str, Any]]:
+        """The path (under /v1) and JSON body of one request: what `complete` sends, and what a
+        Batch API line carries."""
         # The body goes out through the SDK's `post` as it is (plain JSON values): its typed
         # `create()` methods rebuild every parameter against their TypedDicts first, which cost
         # 2-3 ms of CPU a request, a quarter of step 1's whole cost per request at high
@@ -186,10 +188,38 @@ class OpenAIModel(Model):
             params["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             params["seed"] = sampling.seed
+        if self.api == "chat":
+            if len(prompts) != 1:
+                raise ValueError("a chat request carries one prompt")
+            return "/chat/completions", {
+                "messages": [{"role": "user", "content": prompts[0]}],
+                **params,
+            }
+        return "/completions", {"prompt": prompts if len(prompts) > 1 else prompts[0], **params}
+
+    def read_body(self, body: dict[str, Any], prompts: int) -> list[Completion]:
+        """The completions in a response body (a Batch API output line's `response.body`);
+        an unreadable one is a `TransientModelError`, as it is online."""
         try:
             if self.api == "chat":
-                return [await self._chat(p, params) for p in prompts]
-            return await self._completions(prompts, params)
+                return [self._chat_completion(ChatCompletion.model_validate(body))]
+            return self._completions_of(APICompletion.model_validate(body), prompts)
+        except ValueError as e:
+            raise TransientModelError(
+                f"{self.base_url}: unreadable response ({type(e).__name__})", reason="malformed"
+            ) from None
+
+    def api_client(self) -> openai.AsyncOpenAI:
+        """The SDK client of the running event loop (files and batches go through it too)."""
+        return self._client
+
+    async def complete(self, prompts: list[str], sampling: Sampling) -> list[Completion]:
+        try:
+            if self.api == "chat":
+                return [await self._chat(self.request_body([p], sampling)[1]) for p in prompts]
+            _, body = self.request_body(prompts, sampling)
+            body.pop("prompt")
+            return await self._completions(prompts, body)
         except openai.APIStatusError as e:
             raise self._classify(e) from None
         except openai.APITimeoutError:
@@ -241,10 +271,13 @@ class OpenAIModel(Model):
             body={"prompt": prompts if len(prompts) > 1 else prompts[0], **params},
             cast_to=APICompletion,
         )
+        return self._completions_of(response, len(prompts))
+
+    def _completions_of(self, response: APICompletion, prompts: int) -> list[Completion]:
         choices = list(response.choices or [])
-        if len(choices) != len(prompts):
+        if len(choices) != prompts:
             raise TransientModelError(
-                f"{self.base_url}: {len(choices)} choices for {len(prompts)} prompts",
+                f"{self.base_url}: {len(choices)} choices for {prompts} prompts",
                 reason="empty_choices" if not choices else "malformed",
             )
         choices.sort(key=lambda c: c.index)
@@ -262,12 +295,11 @@ class OpenAIModel(Model):
             )
         return out
 
-    async def _chat(self, prompt: str, params: dict[str, Any]) -> Completion:
-        response = await self._client.post(
-            "/chat/completions",
-            body={"messages": [{"role": "user", "content": prompt}], **params},
-            cast_to=ChatCompletion,
-        )
+    async def _chat(self, body: dict[str, Any]) -> Completion:
+        response = await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
+        return self._chat_completion(response)
+
+    def _chat_completion(self, response: ChatCompletion) -> Completion:
         if not response.choices:
             raise TransientModelError(f"{self.base_url}: no choices", reason="empty_choices")
         choice = response.choices[0]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from selfinstruct.engine import EngineSettings, EngineStats, run_sync
+from selfinstruct.engine import Engine, EngineSettings, EngineStats, run_sync
 from selfinstruct.errors import ConfigError
 from selfinstruct.models.base import Model, Usage
 from selfinstruct.progress import Reporter
@@ -48,6 +48,15 @@ class StepContext:
     engine: EngineSettings = field(default_factory=EngineSettings)
     reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
     runner: asyncio.Runner | None = None
+    #: builds the engine a step drives, from (step name, usage, jitter seed); None: the online
+    #: `Engine`. Batch API mode puts a `BatchEngine` here: same interface, so steps are unchanged.
+    engines: Callable[[str, Usage, int | None], Any] | None = None
+
+    def make_engine(self, step: str, usage: Usage, jitter_seed: int | None = None) -> Any:
+        """The engine for one step's requests (`Engine` or one with its interface)."""
+        if self.engines is not None:
+            return self.engines(step, usage, jitter_seed)
+        return Engine(self.model, self.engine, usage=usage, jitter_seed=jitter_seed)
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self.runner is not None:
@@ -93,6 +102,13 @@ class StepReport:
                 rows.append((f"requests failed: {reason}", n))
             if e.budget_stop:
                 rows.append(("stopped by budget", e.budget_stop))
+            batch = getattr(e, "batch", None)  # Batch API mode
+            if batch is not None:
+                rows.append(("batches created", batch.batches_created))
+                if batch.lines_reused:
+                    rows.append(("answers from earlier batches", batch.lines_reused))
+                for code, n in sorted(batch.failed_lines.items()):
+                    rows.append((f"batch lines failed: {code}", n))
         if self.usage.requests:
             rows.append(("tokens (prompt + completion)", f"{self.usage.total_tokens:,}"))
         return rows

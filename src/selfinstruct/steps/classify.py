@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfinstruct.engine import Engine, Request, RequestFailed
+from selfinstruct.engine import Request, RequestFailed
 from selfinstruct.io import JsonlAppender
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.prompts import classification_prompt
@@ -77,7 +77,7 @@ def identify_classification(
             Request([classification_prompt(i) for i in chunk], s.sampling, key=chunk)
             for chunk in batched(pending, per_request)
         )
-        engine = Engine(ctx.model, ctx.engine, usage=report.usage)
+        engine = ctx.make_engine("classify", report.usage)
         report.engine = engine.stats
         ctx.run(engine.run(requests, on_result, on_failure))
 

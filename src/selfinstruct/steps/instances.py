@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfinstruct.engine import Engine, Request, RequestFailed
+from selfinstruct.engine import Request, RequestFailed
 from selfinstruct.io import JsonlAppender
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.prompts import instance_prompt
@@ -86,7 +86,7 @@ def generate_instances(
             counts[f"request_failed_{failure.reason}"] += len(request.key)
             bar.note({k: v for k, v in counts.items() if k.startswith("request_failed")})
 
-        engine = Engine(ctx.model, ctx.engine, usage=report.usage)
+        engine = ctx.make_engine("instances", report.usage)
         report.engine = engine.stats
         ctx.run(engine.run(requests, on_result, on_failure))
 

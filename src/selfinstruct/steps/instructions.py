@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfinstruct.engine import WAIT, Engine, Request, RequestFailed
+from selfinstruct.engine import WAIT, Request, RequestFailed
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
 from selfinstruct.io import JsonlAppender, iter_jsonl, read_jsonl
@@ -80,7 +80,7 @@ def generate_instructions(
         ctx.reporter.bar("instructions", s.num_instructions, completed=state.resumed) as bar,
     ):
         state.write_to(kept, rejected, bar)
-        engine = Engine(ctx.model, ctx.engine, usage=report.usage, jitter_seed=s.seed)
+        engine = ctx.make_engine("instructions", report.usage, jitter_seed=s.seed)
         report.engine = engine.stats
         ctx.run(engine.run(state.next_request, state.on_result, state.on_failure))
     state.fill(report)
