@@ -58,7 +58,7 @@ def test_one_step_and_a_batch_price(tmp_path: Path) -> None:
 
 
 def test_a_pilot_forecast_matches_the_run_within_the_tolerance(tmp_path: Path) -> None:
-    with running_fault_server(seed=4, vary_repeats=False) as srv:
+    with running_fault_server(seed=4, vary_repeats=False, latency=0.3) as srv:
         run = si.Pipeline(
             tmp_path / "run",
             MODEL,

@@ -357,15 +357,16 @@ def pilot(pipeline: Any, requests: int, *, request_batch_size: int = 5) -> Yield
         reporter=pipeline.reporter,
         command="estimate --pilot",
     ) as p:
+        p.model  # noqa: B018 - loaded and checked before the clock starts
         started = time.monotonic()
         try:
             p.generate_instructions(10**9, request_batch_size=request_batch_size)
         except BudgetExhausted:
             pass  # the pilot's end
-        elapsed = time.monotonic() - started
         p.engine = replace(pipeline.engine, max_requests=None)
         p.identify_classification(request_batch_size=request_batch_size)
         p.generate_instances(request_batch_size=request_batch_size)
+        elapsed = time.monotonic() - started  # steps 1-3: every model call of the pilot
         p.prepare(decontaminate=[])
     per_request = max(1, min(request_batch_size, pipeline.model.max_batch))
     concurrency = pipeline.engine.concurrency or pipeline.model.default_concurrency
@@ -385,7 +386,11 @@ def _measured(run: dict, per_request: int, elapsed: float, concurrency: int) -> 
     }
     counts4 = steps["prepare"]["counts"]
     clf = steps["classify"]["counts"]
-    waves = math.ceil(sent / max(1, concurrency))
+    # Requests go in waves of `concurrency`: the time of one is the pilot's time per wave.
+    waves = sum(
+        math.ceil(usage[name].get("requests", 0) / max(1, concurrency))
+        for name in ("instructions", "classify", "instances")
+    )
     return Yields(
         source=f"a pilot of {sent} requests ({kept} instructions kept) in pilot/",
         kept_per_prompt=kept / step1_prompts,
