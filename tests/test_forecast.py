@@ -84,3 +84,28 @@ def test_a_pilot_forecast_matches_the_run_within_the_tolerance(tmp_path: Path) -
     assert f.cost() == pytest.approx(actual["cost_usd"], rel=TOLERANCE)
     made = actual["steps"]["prepare"]["counts"]["generated_instances"]
     assert f.training_examples == pytest.approx(made, rel=TOLERANCE)
+
+
+def test_forecast_beside_actual_pairs_what_both_files_have() -> None:
+    plan = {
+        "steps": {"classify": {"requests": 10, "prompt_tokens": 100, "completion_tokens": 10}},
+        "batch_steps": {
+            "classify": {"requests": 12, "prompt_tokens": 120, "completion_tokens": 12}
+        },
+        "training_examples": 50,
+        "cost_usd_online": 1.0,
+        "cost_usd_batch": 0.5,
+    }
+    run = {
+        "steps": {
+            "classify": {"usage": {"requests": 11, "prompt_tokens": 90, "completion_tokens": 9}},
+            "prepare": {"counts": {"generated_instances": 40}},
+        },
+        "cost_usd": 0.9,
+    }
+    rows = forecast.beside_actual(plan, run)
+    assert rows[0] == ("classify: requests", 10, 11)
+    assert ("training examples", 50, 40) in rows
+    assert rows[-1] == ("cost, USD (online)", 1.0, 0.9)
+    run["steps"]["classify"]["batch"] = {"batches_created": 1}
+    assert forecast.beside_actual(plan, run)[0] == ("classify: requests", 12, 11)

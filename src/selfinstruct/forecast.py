@@ -406,3 +406,29 @@ def _measured(run: dict, per_request: int, elapsed: float, concurrency: int) -> 
             k: v / step1_prompts for k, v in steps["instructions"]["dropped"].items()
         },
     )
+
+
+# --- forecast beside actual -----------------------------------------------------------------
+
+
+def beside_actual(forecast: dict[str, Any], run: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(what, forecast, actual) for each figure that forecast.json and run.json both have:
+    per step requests and tokens, the whole run's cost, and step 4's training examples. The
+    cost is compared at the mode the run's steps used (batch where they ran in batches)."""
+    rows: list[tuple[str, Any, Any]] = []
+    steps = run.get("steps") or {}
+    batch = any("batch" in (s or {}) for s in steps.values())
+    planned = forecast.get("batch_steps" if batch else "steps") or {}
+    for name, plan in planned.items():
+        usage = (steps.get(name) or {}).get("usage")
+        if not usage:
+            continue
+        for what in ("requests", "prompt_tokens", "completion_tokens"):
+            rows.append((f"{name}: {what.replace('_', ' ')}", plan.get(what), usage.get(what)))
+    made = ((steps.get("prepare") or {}).get("counts") or {}).get("generated_instances")
+    if made is not None:
+        rows.append(("training examples", forecast.get("training_examples"), made))
+    cost = forecast.get("cost_usd_batch" if batch else "cost_usd_online")
+    if cost is not None and run.get("cost_usd") is not None:
+        rows.append((f"cost, USD ({'Batch API' if batch else 'online'})", cost, run["cost_usd"]))
+    return rows
