@@ -272,8 +272,8 @@ def test_judge_in_one_batch_gives_the_online_ratings(tmp_path: Path, server) -> 
         p.judge()
     assert len(server.batches()) - before == 1
     key = ("key", "rating")
-    got = [tuple(r.get(k) for k in key) for r in lines(RunFolder(batch).judgments)]
-    want = [tuple(r.get(k) for k in key) for r in lines(RunFolder(online).judgments)]
+    got = [tuple(r.get(k) for k in key) for r in lines(RunFolder(batch).judgments_file)]
+    want = [tuple(r.get(k) for k in key) for r in lines(RunFolder(online).judgments_file)]
     assert got == want and len(got) > 0
 
 

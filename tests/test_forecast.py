@@ -84,6 +84,13 @@ def test_a_pilot_forecast_matches_the_run_within_the_tolerance(tmp_path: Path) -
     assert f.cost() == pytest.approx(actual["cost_usd"], rel=TOLERANCE)
     made = actual["steps"]["prepare"]["counts"]["generated_instances"]
     assert f.training_examples == pytest.approx(made, rel=TOLERANCE)
+    # `report` shows the forecast beside what the run did.
+    from selfinstruct.report import build_report
+
+    result = build_report(tmp_path / "run", parser="heuristic")
+    rows = result.stats["forecast_beside_actual"]
+    assert ["classify: requests", 60, 60] in rows
+    assert "Forecast beside actual" in result.html.read_text()
 
 
 def test_forecast_beside_actual_pairs_what_both_files_have() -> None:

@@ -4,6 +4,7 @@ ROUGE-L, Figure 4's lengths, the ratings and the rejections; `collect_stats` is 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from selfinstruct.errors import ConfigError, SeedFileError
+from selfinstruct.forecast import beside_actual
 from selfinstruct.judge.rubric import QUESTIONS
 from selfinstruct.judge.rubric import RATING_ORDER as RATINGS
 from selfinstruct.records import Example, Rating
@@ -411,7 +413,7 @@ def analyse(
 
 def collect_stats(data: Run, found: Analysis, seed: int, warnings: list[str]) -> dict[str, Any]:
     """Every number the page shows, in stats.json's order."""
-    return {
+    stats = {
         "run": _run_header(data.rf, data.record),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
@@ -426,6 +428,23 @@ def collect_stats(data: Run, found: Analysis, seed: int, warnings: list[str]) ->
         "rejected": _rejected_stats(data.rejected),
         "warnings": warnings,  # the same list: a later warning still shows
     }
+    beside = _forecast_beside_actual(data.rf, data.record)
+    if beside:  # only where `selfinstruct estimate` left a forecast.json
+        stats["forecast_beside_actual"] = beside
+    return stats
+
+
+def _forecast_beside_actual(rf: RunFolder, record: RunRecord) -> list[list[Any]] | None:
+    """forecast.json's figures beside run.json's, when both exist."""
+    if not record.exists or not rf.forecast.exists():
+        return None
+    try:
+        plan = json.loads(rf.forecast.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (
+        [list(row) for row in beside_actual(plan, record.data)] if isinstance(plan, dict) else None
+    )
 
 
 def _method_note(method: str) -> str:

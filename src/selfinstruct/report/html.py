@@ -199,6 +199,10 @@ def _counts_section(s: dict[str, Any]) -> list[str]:
         parts.append(
             '<p class="note">No <code>run.json</code>: the counts below come from the files.</p>'
         )
+    if s.get("forecast_beside_actual"):
+        parts.append("<h3>Forecast beside actual</h3>")
+        head = ["what", "forecast (selfinstruct estimate)", "actual (run.json)"]
+        parts.append(_table(head, s["forecast_beside_actual"]))
     parts.append("<h3>In the files</h3>")
     rows = [[f, _label(k), v] for f, c in s["file_counts"].items() for k, v in c.items()]
     parts.append(_table(["file", "what", "count"], rows))
