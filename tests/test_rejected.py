@@ -160,9 +160,10 @@ def test_records_are_written_before_the_next_answer_is_asked_for(tmp_path, scrip
 
     model = scripted(spy)
     generate_instructions(
-        ctx(model, concurrency=1), seeds(), tmp_path, InstructionSettings(num_instructions=6)
+        ctx(model, concurrency=4), seeds(), tmp_path, InstructionSettings(num_instructions=6, lag=1)
     )
-    # The first answer is empty: its record is on disk when the second prompt is sent.
+    # A lag of 1 (the original's serial loop) at any concurrency: the first answer is empty,
+    # and its record is on disk when the second prompt is sent.
     assert seen_at_prompt[:2] == [0, 1]
     assert seen_at_prompt == sorted(seen_at_prompt)
 

@@ -41,7 +41,9 @@ def ctx(model, **engine):
 def test_step1_prompts_follow_the_paper(tmp_path, scripted):
     source = fresh_instructions()
     model = scripted(lambda p: f" {next(source)}\n10. {next(source)}")
-    generate_instructions(ctx(model), seeds(), tmp_path, InstructionSettings(num_instructions=6))
+    # A lag of 1: each prompt is drawn from the pool as the previous answer left it.
+    settings = InstructionSettings(num_instructions=6, lag=1)
+    generate_instructions(ctx(model), seeds(), tmp_path, settings)
     first, later = model.prompts[0], model.prompts[-1]
     assert first.startswith("Come up with a series of tasks:\n1. ")
     assert first.endswith("\n9.")

@@ -196,6 +196,11 @@ class RunFolder:
         return self.path / "rejected_instructions.jsonl"
 
     @property
+    def instruction_answers(self) -> Path:
+        """Step 1's answers from arrival until decided (resume decides them, not asks again)."""
+        return self.path / "instruction_answers.jsonl"
+
+    @property
     def instances(self) -> Path:
         """Step 3's raw instances."""
         return self.path / "machine_generated_instances.jsonl"
@@ -395,6 +400,17 @@ class RunFolder:
                 raise DataFileError(f"{path}: no such file (run 'selfinstruct generate-instances')")
             out.extend(iter_jsonl(path, warn=warn))
         return out
+
+    def instruction_positions(self, *, warn: Warn = _ignore) -> dict[str, int]:
+        """Each instruction's place in step 1's file: the order steps 2 and 3 take them in
+        (first occurrence); empty when there is no such file."""
+        if not self.instructions.exists():
+            return {}
+        positions: dict[str, int] = {}
+        for record in iter_jsonl(self.instructions, warn=warn):
+            if isinstance(record.get("instruction"), str):
+                positions.setdefault(record["instruction"], len(positions))
+        return positions
 
     def read_examples(self, *, unique: bool = False, warn: Warn = _ignore) -> list[Example]:
         """Step 4's examples (`all_generated_instances.jsonl`) in file order, each with the

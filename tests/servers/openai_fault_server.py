@@ -94,6 +94,9 @@ class FaultConfig:
     default_max_tokens: int = 16
     #: answer a repeated identical request at temperature > 0 with a new sample
     vary_repeats: bool = True
+    #: share of prompts that always get a 500, chosen by a hash of the prompt and the seed (a
+    #: request fails if any of its prompts does): failures that do not depend on arrival order
+    rate_fail_prompt: float = 0.0
 
     def __post_init__(self) -> None:
         rates = [getattr(self, f"rate_{k}") for k in FAULT_KINDS]
@@ -105,6 +108,8 @@ class FaultConfig:
             raise ValueError("fail_first must be >= 0")
         if not (self.fail_status.isdigit() or self.fail_status in FAULT_KINDS):
             raise ValueError(f"fail_status must be an HTTP status or one of {FAULT_KINDS}")
+        if not 0 <= self.rate_fail_prompt <= 1:
+            raise ValueError("rate_fail_prompt must be in [0, 1]")
         if self.n_instructions < 1:
             raise ValueError("n_instructions must be >= 1")
 
@@ -500,6 +505,8 @@ class FaultServerApp:
             body = await self._validate(request, endpoint)
             self._generation_requests += 1
             fault = self._draw_fault()
+            if fault is None and self._fails_by_prompt(body, endpoint):
+                fault = "500"
             if fault == "hang":
                 await asyncio.sleep(cfg.hang_seconds)
             elif fault == "fail_first" or (fault is not None and fault.isdigit()):
@@ -542,6 +549,19 @@ class FaultServerApp:
             if u < edge:
                 return kind
         return None
+
+    def _fails_by_prompt(self, body: dict, endpoint: str) -> bool:
+        rate = self.config.rate_fail_prompt
+        if rate <= 0:
+            return False
+        prompts = (
+            [_chat_text(body["messages"])] if endpoint == "/v1/chat/completions" else body["prompt"]
+        )
+        for prompt in prompts:
+            digest = hashlib.blake2b(f"fail\0{self.config.seed}\0{prompt}".encode(), digest_size=8)
+            if int.from_bytes(digest.digest()) / 2**64 < rate:
+                return True
+        return False
 
     def _error(
         self,
@@ -764,6 +784,7 @@ _HELP = {
     "n_instructions": "new instructions per bootstrap answer",
     "classification_ratio": 'share of tasks answered " Yes" to "Is it classification?"',
     "copy_rate": "chance a bootstrap answer repeats one of the prompt's instructions",
+    "rate_fail_prompt": "share of prompts that always get 500 (by a hash of the prompt)",
     "default_max_tokens": "max_tokens of a /v1/completions request that omits it",
 }
 

@@ -18,6 +18,7 @@ from selfinstruct.cli.options import (
     batch_options,
     batch_price_option,
     first_instructions_option,
+    lag_option,
     model_options,
     parse_price,
     request_batch_size_option,
@@ -121,6 +122,7 @@ INCLUDE_SEEDS_HELP = "Add the seed tasks' instances to the fine-tuning data."
     help="Keep a candidate only if its max ROUGE-L F1 to the pool is <= this.",
 )
 @LOWERCASE_REST
+@lag_option
 @seed_option(42)
 @model_options
 @batch_options
@@ -297,6 +299,7 @@ def prepare_cmd(
 @CLASSIFICATION_ONLY
 @request_batch_size_option
 @LOWERCASE_REST
+@lag_option
 @LENIENT_LABELS
 @click.option(
     "--include-seed-tasks/--no-include-seed-tasks",
@@ -315,6 +318,7 @@ def run_cmd(
     seed: int,
     num_instructions: int,
     lowercase_rest: bool,
+    lag: int,
     lenient_labels: bool,
     decontaminate: tuple[Path, ...],
     no_decontaminate: bool,
@@ -326,7 +330,7 @@ def run_cmd(
     with opts.pipeline(batch_dir, seed=seed, seeds=seed_tasks, command="run", batch=batch) as p:
         p.run(
             num_instructions,
-            instructions={"lowercase_rest": lowercase_rest},
+            instructions={"lowercase_rest": lowercase_rest, "lag": lag},
             classification={"lenient_labels": lenient_labels},
             prepare={"decontaminate": eval_sets},
             **kwargs,

@@ -16,6 +16,7 @@ import click
 
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ConfigError
+from selfinstruct.steps.instructions import InstructionSettings
 
 DEFAULT_MODEL = "local"
 
@@ -139,9 +140,21 @@ def seed_option(default: int) -> Callable:
         type=int,
         default=default,
         show_default=True,
-        help="Sampling seed: prompts and the local model's decoding are reproducible with it"
-        " at concurrency 1.",
+        help="Sampling seed: step 1's prompts (and the embedded model's decoding) are"
+        " reproducible with it, at any concurrency.",
     )
+
+
+def lag_option(f: Callable) -> Callable:
+    return click.option(
+        "--lag",
+        type=click.IntRange(min=1),
+        default=InstructionSettings.lag,
+        show_default=True,
+        help="Step 1: the prompts of request i come from the pool as it stood once request"
+        " i-LAG was decided; at most LAG requests are undecided, so a higher --concurrency"
+        " waits (1: the original's serial loop). The data depends on it, not on concurrency.",
+    )(f)
 
 
 def seed_tasks_option(f: Callable) -> Callable:

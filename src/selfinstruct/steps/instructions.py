@@ -3,20 +3,38 @@
 Each prompt lists 8 instructions (2 sampled from the machine-generated pool, fewer while it is
 small, the rest from the seed tasks), shuffled and numbered, ending at "9." for the model to go
 on. Every candidate in an answer passes the filters, then must have ROUGE-L F1 at most 0.7 to
-every instruction already in the pool (seed and machine) at the moment it is accepted; the
-accepted one joins the pool at once, so two kept instructions never exceed the threshold, at any
-concurrency.
+every instruction already in the pool (seed and machine) at the moment it is decided; the kept
+one joins the pool at once, so two kept instructions never exceed the threshold.
+
+The same data at any concurrency. Requests are numbered in the order they are sent, and their
+answers are decided in that order, whatever order they arrive in (`ordered.InOrder`: an early
+answer waits for the ones before it). The prompts of request i are sampled with a random stream
+of their own, derived from the seed and i, from the pool exactly as it stood once request
+i - lag was decided. So with the same seed, settings and answers, the kept instructions and
+their order do not depend on the concurrency, on how many endpoints or replicas answer, or on
+kills and resumes; at most `lag` requests are undecided at any time (concurrency above the lag
+waits), and `lag=1` is the original script's serial loop.
+
+The contract with an engine: the step only talks to it through `Engine.run(next_request,
+on_result, on_failure)`. `next_request` returns the next request, `WAIT` while `lag` requests are
+undecided (or while those undecided are enough to finish), or None when the pool is full; it
+never returns WAIT while no request is in flight: then it waits for the decisions in hand
+itself. Any engine with that interface drives the step: one that sends a round of requests at
+once and hands back all their answers (a batch API) is the same order with a large lag.
 
 Every candidate that is not kept goes to the run folder's rejected file with its reason (the
 filter's name, `too_similar` with the pool's closest instruction and its ROUGE-L F1, `surplus`,
-`cut_by_length`, ...), one line per drop counted in the report. Kept and rejected records share
-a run-wide `candidate_idx`, the order in which the candidates were decided, so that the run's
-filtering can be replayed (`selfinstruct sweep`).
+`cut_by_length`, ...), one line per drop counted in the report; a request that fails for good
+leaves one `request_failed_<reason>` line per prompt and no instruction. Kept and rejected records
+share a run-wide `candidate_idx`, the order in which the candidates were decided, so that the
+run's filtering can be replayed (`selfinstruct sweep`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +44,7 @@ import numpy as np
 from selfinstruct.engine import WAIT, Request, RequestFailed
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
-from selfinstruct.io import JsonlAppender, iter_jsonl, read_jsonl
+from selfinstruct.io import JsonlAppender, read_jsonl
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.progress import Bar
 from selfinstruct.prompts import bootstrap_prompt
@@ -34,6 +52,7 @@ from selfinstruct.records import MachineInstruction, RejectedInstruction, SeedTa
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.similarity import RougeLIndex
 from selfinstruct.steps import StepContext, StepReport, response_metadata
+from selfinstruct.steps.ordered import AnswerLog, InOrder, Outcome
 from selfinstruct.steps.parsing import capitalize_first, split_numbered_list
 
 PAPER_SAMPLING = Sampling(
@@ -59,6 +78,13 @@ class InstructionSettings:
     # Stop (incomplete, resumable) after this many answers in a row add nothing to the pool:
     # a model that only repeats itself would otherwise be asked forever.
     max_stalled_requests: int = 200
+    # The lag W: the prompts of request i come from the pool as it stood once request i - W
+    # was decided, and at most W requests are undecided at a time. 64 holds back none of our
+    # defaults (concurrency 8; 64 in the benchmarks) and still lets a slow answer or a retry
+    # wait while others go on; at the paper's scale the few hundred newest instructions it
+    # hides from a prompt's two machine examples are a small share of the pool. The first W
+    # requests show seeds only, as concurrency 64 did before. 1: the original's serial loop.
+    lag: int = 64
     sampling: Sampling = field(default_factory=lambda: PAPER_SAMPLING)
 
 
@@ -69,6 +95,8 @@ def generate_instructions(
     settings: InstructionSettings | None = None,
 ) -> StepReport:
     s = settings or InstructionSettings()
+    if s.lag < 1:
+        raise ConfigError(f"`lag` must be at least 1 request, got {s.lag}")
     if s.classification_only:
         seeds = [t for t in seeds if t.is_classification]
     folder = RunFolder.of(run)
@@ -79,20 +107,29 @@ def generate_instructions(
         JsonlAppender(folder.rejected, warn=ctx.reporter.warn) as rejected,
         ctx.reporter.bar("instructions", s.num_instructions, completed=state.resumed) as bar,
     ):
-        state.write_to(kept, rejected, bar)
+        state.start(kept, rejected, bar)
         engine = ctx.make_engine("instructions", report.usage, jitter_seed=s.seed)
         report.engine = engine.stats
-        ctx.run(engine.run(state.next_request, state.on_result, state.on_failure))
+        try:
+            ctx.run(engine.run(state.next_request, state.on_result, state.on_failure))
+        except BaseException:
+            # Stop after the decision being made; what made the run stop is what is raised.
+            with contextlib.suppress(Exception):
+                state.finish(drain=False)
+            raise
+        state.finish(drain=True)
     state.fill(report)
     return report
 
 
 class _Bootstrap:
-    """Step 1's state over one invocation: the pool, its index, the prompt sampler, and every
-    decision on a candidate (kept, or rejected with its reason), in the order it was made.
+    """Step 1's state over one invocation: the pool, its index, the prompts, and every decision
+    on a candidate (kept, or rejected with its reason), in the order it was made.
 
-    The engine calls `next_request` when a slot is free and `on_result`/`on_failure` on the
-    event loop, one at a time, so none of this needs a lock.
+    Two threads share it. The event loop's (`next_request`, `on_result`, `on_failure`) builds
+    prompts and saves answers as they arrive; the decision worker's (`decide` and below) owns
+    the index, the output files and the counters. The worker only ever appends to `machine`
+    and `kept_requests`, and the event loop only reads the part of them that is decided.
     """
 
     def __init__(
@@ -104,33 +141,48 @@ class _Bootstrap:
     ):
         self.ctx, self.s, self.seed_instructions = ctx, s, seed_instructions
         self.machine: list[str] = []
-        self.request_idx = 0
+        self.kept_requests: list[int] = []  # the request of each machine instruction, in order
+        self.request_idx = 0  # the first request this invocation decides
         self.next_candidate = 0  # the run-wide candidate_idx of the next decision
+        self.answers = AnswerLog(folder.instruction_answers, warn=ctx.reporter.warn)
         self._resume(folder)
         self.resumed = len(self.machine)
         self._check_seeds()
         self.index = RougeLIndex(seed_instructions + self.machine)
-        # Seeded from the resume point, so that a resumed run is as reproducible as a fresh one.
-        self.rng = random.Random(f"{s.seed}:{self.resumed}:{self.request_idx}")
         self.dropped: Counter[str] = Counter()
-        self.in_flight_prompts = 0
         self.stalled = 0
         self.accepted: list[tuple[str, int, dict, int, int]] = []
         self.rejected: list[RejectedInstruction] = []  # decided, not yet written
         self.per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
+        self.next_send = self.request_idx
+        self.in_flight = 0
+        self.reused = 0  # answers saved by an earlier run, decided now without asking again
 
     def _resume(self, folder: RunFolder) -> None:
         warn = self.ctx.reporter.warn
-        for number, record in enumerate(
-            read_jsonl(folder.instructions, repair=True, warn=warn), start=1
-        ):
+        kept = read_jsonl(folder.instructions, repair=True, warn=warn)
+        rejected = read_jsonl(folder.rejected, repair=True, warn=warn)
+        cut = self.answers.unfinished({_index(r, "request_idx") for r in kept + rejected})
+        if cut:
+            # A kill stopped this decision half-way. It is made again from the saved answer,
+            # to the same result; the records already on disk stay as they are, the rest follow.
+            warn(f"instructions: finishing the decision on request {min(cut)} (saved answer)")
+        self.written = {
+            _index(r, "candidate_idx") for r in kept + rejected if _index(r, "request_idx") in cut
+        }
+        for number, record in enumerate(kept, start=1):
             if not isinstance(record.get("instruction"), str):
                 raise DataFileError(f"{folder.instructions}:{number}: missing field 'instruction'")
+            if _index(record, "request_idx") in cut:
+                continue
             self.machine.append(record["instruction"])
+            self.kept_requests.append(_index(record, "request_idx"))
             self._continue_after(record)
         # A rerun goes on numbering after the rejected candidates (and their requests) too.
-        for record in iter_jsonl(folder.rejected, repair=True, warn=warn):
-            self._continue_after(record)
+        for record in rejected:
+            if _index(record, "request_idx") not in cut:
+                self._continue_after(record)
+        self.kept_requests.sort()  # runs made before the lag decided out of order
 
     def _continue_after(self, record: dict) -> None:
         self.request_idx = max(self.request_idx, _index(record, "request_idx") + 1)
@@ -147,56 +199,105 @@ class _Bootstrap:
                 f" {s.num_prompt_instructions} instructions, got {len(self.seed_instructions)}"
             )
 
-    def write_to(self, kept: JsonlAppender, rejected: JsonlAppender, bar: Bar) -> None:
-        """Where decisions go once the files are open."""
+    def start(self, kept: JsonlAppender, rejected: JsonlAppender, bar: Bar) -> None:
+        """Where decisions go once the files are open; the worker starts deciding."""
         self.out, self.out_rejected, self.bar = kept, rejected, bar
+        self.answers.open(self.request_idx)
+        self.order = InOrder(self.decide, start=self.request_idx)
 
-    # --- requests ---------------------------------------------------------------------------
+    def finish(self, *, drain: bool) -> None:
+        try:
+            self.order.close(drain=drain)
+        finally:
+            self.answers.close()
 
-    def make_prompt(self) -> str:
-        s, rng = self.s, self.rng
-        chosen = rng.sample(self.machine, min(s.num_machine_in_prompt, len(self.machine)))
-        chosen += rng.sample(self.seed_instructions, s.num_prompt_instructions - len(chosen))
-        rng.shuffle(chosen)
-        return bootstrap_prompt(chosen, classification=s.classification_only)
+    # --- requests (the event loop) ----------------------------------------------------------
+
+    def still_needed(self) -> int:
+        return self.s.num_instructions - len(self.machine)
+
+    def make_prompts(self, request: int) -> list[str]:
+        """The prompts of one request: from the pool as it stood once request - lag was
+        decided, with a random stream of the request's own."""
+        s = self.s
+        rng = random.Random(f"{s.seed}:prompts:{request}")
+        pool = bisect_right(self.kept_requests, request - s.lag)
+        prompts = []
+        for _ in range(self.per_request):
+            picked = rng.sample(range(pool), min(s.num_machine_in_prompt, pool))
+            chosen = [self.machine[i] for i in picked]
+            chosen += rng.sample(self.seed_instructions, s.num_prompt_instructions - len(chosen))
+            rng.shuffle(chosen)
+            prompts.append(bootstrap_prompt(chosen, classification=s.classification_only))
+        return prompts
 
     def next_request(self) -> Request | None:
-        still_needed = self.s.num_instructions - len(self.machine)
-        if self.stalled >= self.s.max_stalled_requests:
-            return None
-        # Enough prompts in flight to finish (at least one candidate each is expected): wait.
-        if still_needed <= 0 or self.in_flight_prompts >= still_needed:
-            return None if still_needed <= 0 else WAIT
-        prompts = [self.make_prompt() for _ in range(self.per_request)]
-        self.in_flight_prompts += len(prompts)
-        request = Request(prompts, self.s.sampling, key=self.request_idx)
-        self.request_idx += 1
-        return request
-
-    # --- answers ----------------------------------------------------------------------------
+        order = self.order
+        while True:
+            order.check()
+            decided = order.decided
+            if order.stopped or self.still_needed() <= 0:
+                return None
+            undecided = self.next_send - decided
+            # Enough prompts undecided to finish (one candidate each is expected), or the lag
+            # reached: an answer must be decided first.
+            if undecided >= self.s.lag or undecided * self.per_request >= self.still_needed():
+                if self.in_flight:
+                    return WAIT  # its answer will ask again
+                order.wait(decided)  # only answers in hand hold the next request back
+                continue
+            request = self.next_send
+            prompts = self.make_prompts(request)
+            self.next_send += 1
+            saved = self.answers.take(request, prompts)
+            if saved is not None:
+                self.reused += 1
+                order.put(request, (prompts, saved))
+                continue
+            self.in_flight += 1
+            return Request(prompts, self.s.sampling, key=request)
 
     def on_result(self, request: Request, completions: list[Completion]) -> None:
-        self.in_flight_prompts -= len(request.prompts)
-        pool_before = len(self.machine)
-        for prompt, completion in zip(request.prompts, completions, strict=True):
-            self._take_answer(prompt, completion, request.key)
-        # Written before this handler returns, so before any other answer is looked at;
-        # scored together, because one batched call costs far less than one per record.
-        # Kept records first: a crash in between loses rejection records only, never a
-        # kept instruction that a written rejection was compared with.
-        for record in _records(self.index, self.accepted):
-            self.out.write(record.to_dict())
-        self._flush_rejected()
-        self.bar.advance(len(self.accepted))
-        self.accepted.clear()
-        self.stalled = 0 if len(self.machine) > pool_before else self.stalled + 1
-        self.bar.note(self.dropped)
+        self._arrived(request, completions)
 
     def on_failure(self, request: Request, failure: RequestFailed) -> None:
-        self.in_flight_prompts -= len(request.prompts)
-        for _ in request.prompts:
-            self._reject(None, f"request_failed_{failure.reason}", request.key)
-        self._flush_rejected()
+        self._arrived(request, failure.reason)
+
+    def _arrived(self, request: Request, outcome: Outcome) -> None:
+        self.in_flight -= 1
+        self.answers.arrived(request.key, request.prompts, outcome)
+        self.order.put(request.key, (request.prompts, outcome))
+
+    # --- decisions (the worker thread) ------------------------------------------------------
+
+    def decide(self, request: int, item: tuple[list[str], Outcome]) -> bool:
+        """Decide every candidate of one request and write them all; False once the pool is
+        full or the model keeps repeating itself."""
+        prompts, outcome = item
+        if isinstance(outcome, str):  # failed for good: its slot stays empty, counted
+            for _ in prompts:
+                self._reject(None, f"request_failed_{outcome}", request)
+        else:
+            pool_before = len(self.machine)
+            for prompt, completion in zip(prompts, outcome, strict=True):
+                self._take_answer(prompt, completion, request)
+            self.stalled = 0 if len(self.machine) > pool_before else self.stalled + 1
+        # Scored together, because one batched call costs far less than one per record. Kept
+        # records first: a crash in between loses rejection records only, never a kept
+        # instruction that a written rejection was compared with; and the request is marked
+        # decided last, so that a decision cut short is made again on resume.
+        for record in _records(self.index, self.accepted):
+            if record.candidate_idx not in self.written:
+                self.out.write(record.to_dict())
+        for rejected in self.rejected:
+            if rejected.candidate_idx not in self.written:
+                self.out_rejected.write(rejected.to_dict())
+        self.answers.decided(request)
+        self.bar.advance(len(self.accepted))
+        self.accepted.clear()
+        self.rejected.clear()
+        self.bar.note(self.dropped)
+        return self.still_needed() > 0 and self.stalled < self.s.max_stalled_requests
 
     def _take_answer(self, prompt: str, completion: Completion, key: int) -> None:
         s = self.s
@@ -235,6 +336,7 @@ class _Bootstrap:
         self.accepted.append((candidate, position, metadata, key, self.next_candidate))
         self.next_candidate += 1
         self.machine.append(candidate)
+        self.kept_requests.append(key)
         return None
 
     def _reject(
@@ -253,11 +355,6 @@ class _Bootstrap:
         )
         self.next_candidate += 1
 
-    def _flush_rejected(self) -> None:
-        for record in self.rejected:
-            self.out_rejected.write(record.to_dict())
-        self.rejected.clear()
-
     # --- the report -------------------------------------------------------------------------
 
     def fill(self, report: StepReport) -> None:
@@ -268,6 +365,11 @@ class _Bootstrap:
             "resumed_from": self.resumed,
             "requested": s.num_instructions,
         }
+        if self.reused:
+            report.counts["saved_answers_decided"] = self.reused
+        if self.order.left_undecided:
+            # Answers that came back after the pool was full: saved for a longer run.
+            report.counts["answers_not_needed"] = self.order.left_undecided
         report.dropped = dict(self.dropped)
         report.complete = len(machine) >= s.num_instructions
         if self.stalled >= s.max_stalled_requests:

@@ -160,7 +160,7 @@ def prepare_finetuning(
     clf_paths = [rf.path / f for f in s.classification_files] if s.classification_files else None
     labels = rf.read_labels(clf_paths, warn=reporter.warn)
     instance_paths = [rf.path / f for f in s.instance_files] if s.instance_files else None
-    tasks = rf.read_instance_generations(instance_paths, warn=reporter.warn)
+    tasks = _in_step_order(rf, rf.read_instance_generations(instance_paths, warn=reporter.warn))
     generated, tasks_read = _generated_instances(tasks, labels, s, rng, dropped)
     removed: list[dict] = []
     generated = _apply_filters(generated, filters, dropped, removed)
@@ -199,6 +199,21 @@ def prepare_finetuning(
     }
     report.dropped = dict(dropped)
     return report
+
+
+def _in_step_order(rf: RunFolder, tasks: list[dict]) -> list[dict]:
+    """Step 3 appends each answer as it arrives, so its file's order depends on the
+    concurrency; read in step 1's order (the order steps 2 and 3 take the instructions in), the
+    seeded draws below give the same files at any concurrency. Tasks that step 1's file does
+    not hold keep their order, after the others."""
+    positions = rf.instruction_positions()
+    last = len(positions)
+
+    def position(task: dict) -> int:
+        instruction = task.get("instruction")
+        return positions.get(instruction, last) if isinstance(instruction, str) else last
+
+    return sorted(tasks, key=position)  # stable: the same instruction twice keeps its order
 
 
 def _with_rating(example: Example, ratings: Mapping[str, str] | None) -> Example:
