@@ -199,3 +199,30 @@ def test_step4_files_are_the_same_at_any_concurrency(tmp_path, server):
         assert (one.finetuning_dir / name).read_bytes() == (
             eight.finetuning_dir / name
         ).read_bytes(), name
+
+
+def test_in_order_decides_in_index_order_whatever_the_arrival_order():
+    from selfinstruct.steps.ordered import InOrder
+
+    seen: list[int] = []
+    order = InOrder(lambda i, item: seen.append(item) or i < 6, start=2)
+    for i in (4, 3, 9, 2, 5, 7, 6, 8):
+        order.put(i, i)
+    order.close()
+    assert seen == [2, 3, 4, 5, 6]  # 6 said stop: 7, 8, 9 are left undecided
+    assert order.decided == 7 and order.left_undecided == 3
+
+
+def test_in_order_hands_a_failed_decision_to_the_caller():
+    from selfinstruct.steps.ordered import InOrder
+
+    def decide(i: int, item: object) -> bool:
+        raise OSError("disk full")
+
+    order = InOrder(decide)
+    order.put(0, None)
+    order.wait(0)
+    with pytest.raises(OSError, match="disk full"):
+        order.check()
+    with pytest.raises(OSError):
+        order.close()
