@@ -97,6 +97,24 @@ def test_the_same_failures_give_the_same_run(tmp_path):
     assert len(kept(tmp_path / "c16")) == 120
 
 
+def test_one_or_three_endpoints_keep_the_same_instructions(tmp_path, server):
+    pytest.importorskip("selfinstruct.models.fleet", reason="several endpoints: branch fleet")
+    grow(tmp_path / "one", server.base_url, 1, 200)
+    speeds = ({"latency": 0.0}, {"latency": 0.02}, {"latency": 0.08})
+    with (
+        running_fault_server(**{**SERVER, **speeds[0]}) as a,
+        running_fault_server(**{**SERVER, **speeds[1]}) as b,
+        running_fault_server(**{**SERVER, **speeds[2]}) as c,
+    ):
+        engine = si.EngineSettings(concurrency=32)
+        urls = [a.base_url, b.base_url, c.base_url]
+        with si.Pipeline(
+            tmp_path / "three", "openai:m", base_url=urls, api_key="k", engine=engine, seed=7
+        ) as p:
+            p.generate_instructions(200)
+    assert decisions(tmp_path / "three") == decisions(tmp_path / "one")
+
+
 def _command(out: Path, url: str, concurrency: int, target: int) -> list[str]:
     return [
         sys.executable, "-c", "from selfinstruct.cli import main; main()",
