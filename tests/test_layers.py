@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "selfinstruct"
 LAYERS: list[set[str]] = [
     {"errors", "io", "records"},
     {"models", "similarity", "filters", "prompts", "formats", "runfolder", "progress", "seeds"}
+    | {"language"}  # the tokenizer for every script, detection, per-language settings
     | {"verbs"},  # the verb/object parse: a leaf, used by the report only
     {"engine", "batchapi"},
     {"steps", "runfile", "finetune", "dedup"},

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -172,7 +172,10 @@ class Decontaminator:
 
     ``n``: the n-gram length (13); ``rouge_threshold``: ROUGE-L F1 above which two instructions
     are the same task (0.7; None turns the test off); ``min_tokens``: items shorter than ``n``
-    are matched whole when they have at least this many tokens (5).
+    are matched whole when they have at least this many tokens (5). ``tokenizer``: how texts
+    become tokens for both tests in a language other than English (e.g.
+    ``selfinstruct.language.tokenize``: one token a Chinese character, so the n-gram test looks
+    for 13 shared characters in a row); None: the normalisation above and rouge-score's.
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class Decontaminator:
         n: int = NGRAM,
         rouge_threshold: float | None = ROUGE_THRESHOLD,
         min_tokens: int = MIN_TOKENS,
+        tokenizer: Callable[[str], list[str]] | None = None,
     ) -> None:
         if n < 1 or min_tokens < 1:
             raise ValueError("n and min_tokens must be >= 1")
@@ -189,11 +193,14 @@ class Decontaminator:
         self.n = n
         self.rouge_threshold = rouge_threshold
         self.min_tokens = min_tokens
+        self._normalize = normalize if tokenizer is None else tokenizer
         self._vocab: dict[str, int] = {}
         # length -> {token ids: first item holding them}
         self._grams: dict[int, dict[tuple[int, ...], int]] = {}
         for k, item in enumerate(self.items):
-            ids = [self._vocab.setdefault(t, len(self._vocab) + 1) for t in normalize(item.text)]
+            ids = [
+                self._vocab.setdefault(t, len(self._vocab) + 1) for t in self._normalize(item.text)
+            ]
             if len(ids) >= n:
                 grams = self._grams.setdefault(n, {})
                 for i in range(len(ids) - n + 1):
@@ -215,7 +222,7 @@ class Decontaminator:
             if item.instruction and item.instruction not in texts:
                 texts[item.instruction] = len(self._first_item)
                 self._first_item.append(k)
-        self._index = RougeLIndex(texts)
+        self._index = RougeLIndex(texts, tokenizer=tokenizer)
 
     @classmethod
     def from_files(cls, paths: Iterable[str | Path], **options: Any) -> Decontaminator:
@@ -238,7 +245,7 @@ class Decontaminator:
 
     def _ids(self, text: str) -> list[int]:
         vocab = self._vocab
-        return [vocab.get(t, 0) for t in normalize(text)]
+        return [vocab.get(t, 0) for t in self._normalize(text)]
 
     # ---- one example -----------------------------------------------------------------------
 
@@ -260,7 +267,7 @@ class Decontaminator:
         return self._rouge(instruction)
 
     def _ngram_overlap(self, k: int, instruction: str, input: str, pos: int, length: int):
-        tokens = normalize(f"{instruction} {input}")
+        tokens = self._normalize(f"{instruction} {input}")
         return Overlap("ngram_overlap", self.items[k], ngram=" ".join(tokens[pos : pos + length]))
 
     def _rouge(self, instruction: str) -> Overlap | None:
@@ -321,7 +328,7 @@ class Decontaminator:
         n-gram holds), and where each example starts."""
         lookup = self._lookup
         joined = f" {_SEPARATOR} ".join(f"{i} {x}" for i, x in examples)
-        tokens = normalize(joined)
+        tokens = self._normalize(joined)
         arr = np.fromiter(map(lookup.get, tokens, repeat(0)), dtype=np.int64, count=len(tokens))
         seps = np.flatnonzero(arr == -1)
         if len(seps) != len(examples) - 1:  # some text holds the separator word itself
@@ -330,7 +337,7 @@ class Decontaminator:
             for k, (instruction, input) in enumerate(examples):
                 if k:
                     ids.append(-1)
-                ids.extend(vocab.get(t, 0) for t in normalize(f"{instruction} {input}"))
+                ids.extend(vocab.get(t, 0) for t in self._normalize(f"{instruction} {input}"))
             arr = np.asarray(ids, dtype=np.int64)
             seps = np.flatnonzero(arr == -1)
         arr[seps] = 0

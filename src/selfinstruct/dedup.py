@@ -16,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataFileError
+from .errors import ConfigError, DataFileError
+from .language import resolve as resolve_language
 from .similarity import Tokenizer, greedy_dedup
 
 __all__ = ["DedupReport", "Histogram", "dedup_jsonl", "read_instructions"]
 
 BIN_WIDTH = 0.05
 DEFAULT_SCORE_FLOOR = 0.5
+_DETECT_FROM = 1000  # records that --language auto looks at
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class DedupReport:
     score_floor: float
     seconds: float
     dropped_examples: list[tuple[int, int, float]] = field(default_factory=list)
+    language: str = "en"  # whose tokenizer scored the records (selfinstruct.language)
 
     def to_dict(self) -> dict:
         """A JSON-ready summary."""
@@ -109,7 +112,7 @@ class DedupReport:
             "seconds": round(self.seconds, 3),
             "dropped_hist": hist(self.dropped_hist),
             "max_hist": hist(self.max_hist),
-        }
+        } | ({} if self.language == "en" else {"language": self.language})
 
     def format_table(self, *, bar_width: int = 30) -> str:
         """A plain-text report: counts, then both histograms with bars."""
@@ -119,8 +122,9 @@ class DedupReport:
 
         lines = [
             f"dedup {self.in_path} -> {self.out_path}",
-            f"ROUGE-L F1 threshold {self.threshold:g} (rouge-score figures"
-            f"{', Porter-stemmed' if self.stem else ''}), field {self.field!r}",
+            f"ROUGE-L F1 threshold {self.threshold:g} ("
+            + ("rouge-score figures" if self.language == "en" else f"{self.language} tokens")
+            + f"{', Porter-stemmed' if self.stem else ''}), field {self.field!r}",
             f"  records  {self.total:>9,}",
             f"  kept     {self.kept:>9,}  {pct(self.kept)}",
             f"  dropped  {self.dropped:>9,}  {pct(self.dropped)}",
@@ -218,12 +222,13 @@ def dedup_jsonl(
     in_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
-    threshold: float = 0.7,
+    threshold: float | None = 0.7,
     field: str = "instruction",
     stem: bool = False,
     progress: Callable[[int], None] | None = None,
     score_floor: float | None = DEFAULT_SCORE_FLOOR,
     tokenizer: Tokenizer | None = None,
+    language: str | None = None,
 ) -> DedupReport:
     """Greedy ROUGE-L dedup of a JSONL file of records with a ``field`` (or of a .txt file, one
     instruction a line): keeps, in file order, each record whose ROUGE-L F1 with every record
@@ -232,14 +237,20 @@ def dedup_jsonl(
 
     ``progress(n_done)`` is called as records are processed. ``score_floor`` (default 0.5;
     None: the threshold, which is faster) is where the histogram of every record's highest
-    score starts; below it records are only counted. ``tokenizer`` replaces rouge-score's
-    tokenizer (see ``similarity.tokenizer_for``).
+    score starts; below it records are only counted. ``language`` (an ISO code, default
+    English; ``auto``: detected from the first records) chooses the tokenizer, and the
+    threshold where ``threshold`` is None (``selfinstruct.language``); ``tokenizer``, when
+    given, replaces the language's (see ``similarity.tokenizer_for``).
     """
-    if math.isnan(threshold):
-        raise ValueError("threshold is NaN")
     in_path, out_path = Path(in_path), Path(out_path)
     started = time.perf_counter()
     records = read_instructions(in_path, field)
+    lang = resolve_language(language, (text for _, _, text in records[:_DETECT_FROM]))
+    if stem and not lang.is_english:
+        raise ConfigError("stemming (stem=True) is for English only")
+    threshold = lang.threshold if threshold is None else threshold
+    if math.isnan(threshold):
+        raise ValueError("threshold is NaN")
     floor = threshold if score_floor is None else min(score_floor, threshold)
     result = greedy_dedup(
         [instruction for _, _, instruction in records],
@@ -247,7 +258,7 @@ def dedup_jsonl(
         stem=stem,
         progress=progress,
         score_floor=floor,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer or lang.tokenizer,
     )
     _write_atomic(out_path, [records[i][1] for i in result.kept])
     max_scores = result.max_scores or []
@@ -274,5 +285,6 @@ def dedup_jsonl(
                 strict=True,
             )
         ],
+        language=lang.code,
     )
     return report

@@ -23,10 +23,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selfinstruct import language as languages
 from selfinstruct.batchapi import BatchSettings
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import BudgetExhausted, ConfigError, SelfInstructError
 from selfinstruct.io import write_atomic
+from selfinstruct.language import Language
 from selfinstruct.models import Model, load_model
 from selfinstruct.progress import Reporter
 from selfinstruct.records import Example, SeedTask
@@ -57,7 +59,9 @@ class Pipeline:
     `price` is (prompt, completion) USD per million tokens, for the cost in run.json. With
     `batch_api` (True or a `BatchSettings`), every model step goes through OpenAI's Batch API
     (docs/batch.md), its cost at `batch_price`, by default half of `price`. With `progress`,
-    bars and summaries go to stderr.
+    bars and summaries go to stderr. `language` is the seeds' language: an ISO code
+    ("zh", "ru", ...), "auto" (detected from the seed tasks), or None: the language this run
+    folder recorded, else English; it chooses the similarity tokenizer, threshold and filters.
     """
 
     def __init__(
@@ -77,8 +81,10 @@ class Pipeline:
         progress: bool = False,
         reporter: Reporter | None = None,
         command: str = "python",
+        language: str | None = None,
     ):
         self.folder = RunFolder.of(out)
+        self._language = language
         self.seed = seed
         self.price = price
         self.batch = (
@@ -112,10 +118,20 @@ class Pipeline:
         if not isinstance(self._seeds, list):
             from selfinstruct import seeds
 
-            self._seeds = (
-                seeds.default() if self._seeds is None else seeds.load_seed_tasks(self._seeds)
-            )
+            if self._seeds is None:
+                # The built-in set of the language asked for (English unless told).
+                self._seeds = seeds.default(self._stated_language().code)
+            else:
+                self._seeds = seeds.load_seed_tasks(self._seeds)
         return self._seeds
+
+    def _stated_language(self) -> Language:
+        """The language given or recorded, before any detection ("auto" counts as English)."""
+        if isinstance(self._language, Language):
+            return self._language
+        wanted = self._language or languages.recorded(RunFile(self.folder).data)
+        auto = wanted is None or wanted.strip().lower() == languages.AUTO
+        return languages.get(None if auto else wanted)
 
     @property
     def model(self) -> Model:
@@ -131,6 +147,22 @@ class Pipeline:
                 raise
             self._model = model
         return self._model
+
+    @property
+    def language(self) -> Language:
+        """The run's language, resolved ("auto" from the seed tasks) on first use."""
+        if not isinstance(self._language, Language):
+            recorded = languages.recorded(RunFile(self.folder).data)
+            wanted = self._language or recorded
+            auto = (wanted or "").strip().lower() == languages.AUTO
+            lang = languages.resolve(wanted, [t.instruction for t in self.seeds] if auto else [])
+            if recorded is not None and lang.code != recorded:
+                self.reporter.warn(
+                    f"language: this run folder was started in {recorded!r}, now {lang.code!r};"
+                    " the pool's earlier decisions used the other language's similarity"
+                )
+            self._language = lang
+        return self._language
 
     def _loop(self) -> asyncio.Runner:
         if self._runner is None:
@@ -160,8 +192,17 @@ class Pipeline:
         """Step 1: grow the pool to `num_instructions` machine instructions. `options` are
         `InstructionSettings` fields (similarity_threshold, lowercase_rest, ...)."""
         seeds = self.seeds  # a bad seed file stops here, before any model call
+        if "language" in options:
+            self._language = options.pop("language")
+        lang = self.language
+        if options.get("similarity_threshold") is None:
+            options["similarity_threshold"] = lang.threshold  # calibrated per script
         settings = make_settings(
-            InstructionSettings, num_instructions=num_instructions, seed=self.seed, **options
+            InstructionSettings,
+            num_instructions=num_instructions,
+            seed=self.seed,
+            language=lang.code,
+            **options,
         )
         return self._model_step(
             settings,
@@ -231,7 +272,11 @@ class Pipeline:
         eval_sets = default_eval_sets() if decontaminate is None else list(decontaminate)
         config["decontaminate"] = [str(p) for p in eval_sets]
         if eval_sets:
-            filters.append(decontamination_filter(Decontaminator.from_files(eval_sets)))
+            lang = self.language
+            checker = Decontaminator.from_files(
+                eval_sets, tokenizer=lang.tokenizer, rouge_threshold=lang.threshold
+            )
+            filters.append(decontamination_filter(checker))
         elif decontaminate is None:
             self.reporter.info(
                 "decontamination: no evaluation set found (the paper's user-oriented tasks are"

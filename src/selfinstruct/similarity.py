@@ -170,11 +170,22 @@ def _stemmed_tokenize(text: str) -> list[str]:
 
 
 def rouge_l(
-    target: str, prediction: str, *, stem: bool = False, tokenizer: Tokenizer | None = None
+    target: str,
+    prediction: str,
+    *,
+    stem: bool = False,
+    tokenizer: Tokenizer | None = None,
+    language: str | None = None,
 ) -> Score:
     """ROUGE-L of ``prediction`` against ``target``; same argument order as rouge-score's
     ``RougeScorer.score(target, prediction)`` (precision is over the prediction's tokens).
-    ``tokenizer`` replaces rouge-score's tokenizer (see :func:`tokenizer_for`)."""
+    ``tokenizer`` replaces rouge-score's tokenizer (see :func:`tokenizer_for`); ``language``
+    (an ISO code such as ``"zh"``) takes that language's (``selfinstruct.language``; ``"en"``
+    is rouge-score's)."""
+    if language is not None and tokenizer is None:
+        from .language import tokenizer_for as language_tokenizer
+
+        tokenizer = language_tokenizer(language)
     split = tokenizer_for(stem, tokenizer)
     t_tokens = split(target)
     p_tokens = split(prediction)

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import ConfigError
+from selfinstruct.language import recorded as recorded_language
+from selfinstruct.language import tokenizer_for
 from selfinstruct.records import SeedTask
 from selfinstruct.runfolder import RunFolder, RunRecord
 from selfinstruct.similarity import greedy_dedup
@@ -79,9 +81,12 @@ class SweepInput:
     run_threshold: float
     target: int | None  # the run's num_instructions, when run.json records it
     has_rejected_file: bool
+    language: str = "en"  # step 1's language, whose tokenizer the filter used
 
     def row(self, threshold: float, *, is_run_threshold: bool = False) -> SweepRow:
-        result = greedy_dedup(self.candidates, threshold, initial=self.seeds)
+        result = greedy_dedup(
+            self.candidates, threshold, initial=self.seeds, tokenizer=tokenizer_for(self.language)
+        )
         kept_here = set(result.kept)
         run_kept = {i for i, k in enumerate(self.kept_by_run) if k}
         to_target = None
@@ -137,6 +142,7 @@ def load_sweep_input(run: str | Path | RunFolder, *, seeds: Seeds | None = None)
         run_threshold=threshold,
         target=record.num_instructions,
         has_rejected_file=rf.rejected.exists(),
+        language=recorded_language(record.data) or "en",
     )
 
 
@@ -146,7 +152,8 @@ def _seed_texts(record: RunRecord, seeds: Seeds | None) -> tuple[list[str], str]
     tasks: list[SeedTask] | None = None
     if seeds is None:
         if record.seed_file is None:
-            tasks, source = seed_sets.default(), "the default seed set"
+            code = recorded_language(record.data) or "en"
+            tasks, source = seed_sets.default(code), f"the default seed set ({code})"
         else:
             path = record.find_seed_file()
             if path is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from selfinstruct.cli import cli
+from selfinstruct.cli.options import language_option
 from selfinstruct.errors import ConfigError
 from selfinstruct.progress import Reporter
 
@@ -26,17 +27,24 @@ from selfinstruct.progress import Reporter
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
-    default=0.7,
-    show_default=True,
-    help="Drop a record whose ROUGE-L F1 to a kept one is above this.",
+    default=None,
+    help="Drop a record whose ROUGE-L F1 to a kept one is above this"
+    "  [default: 0.7 in English; the language's calibrated value otherwise]",
 )
 @click.option(
     "--field", default="instruction", show_default=True, help="JSON field that holds the text."
 )
 @click.option("--stem", is_flag=True, help="Porter-stem tokens (rouge-score's use_stemmer=True).")
+@language_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or report.")
 def dedup_cmd(
-    in_path: Path, out_path: Path, threshold: float, field: str, stem: bool, quiet: bool
+    in_path: Path,
+    out_path: Path,
+    threshold: float | None,
+    field: str,
+    stem: bool,
+    language: str | None,
+    quiet: bool,
 ) -> None:
     """Keep, in file order, each instruction whose ROUGE-L to every kept one is <= threshold."""
     from selfinstruct.dedup import dedup_jsonl
@@ -54,7 +62,13 @@ def dedup_cmd(
             done = n
 
         report = dedup_jsonl(
-            in_path, out_path, threshold=threshold, field=field, stem=stem, progress=progress
+            in_path,
+            out_path,
+            threshold=threshold,
+            field=field,
+            stem=stem,
+            progress=progress,
+            language=language,
         )
     if not quiet:
         click.echo(report.format_table(), err=True)
@@ -70,11 +84,12 @@ def seeds_group() -> None:
 
 @seeds_group.command("show")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the first N.")
-def seeds_show(limit: int | None) -> None:
+@language_option
+def seeds_show(limit: int | None, language: str | None) -> None:
     """Print the built-in seed tasks, one line each."""
     from selfinstruct import seeds
 
-    tasks = seeds.default()
+    tasks = seeds.default(language or "en")
     for task in tasks[:limit]:
         kind = "clf" if task.is_classification else "gen"
         click.echo(f"{task.id}\t{kind}\t{len(task.instances)}\t{task.instruction}")
@@ -85,11 +100,12 @@ def seeds_show(limit: int | None) -> None:
 
 @seeds_group.command("export")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-def seeds_export(out: Path) -> None:
+@language_option
+def seeds_export(out: Path, language: str | None) -> None:
     """Write the built-in seed tasks to OUT in the original seed_tasks.jsonl format."""
     from selfinstruct import seeds
 
-    tasks = seeds.default()
+    tasks = seeds.default(language or "en")
     seeds.write_seed_tasks(tasks, out)
     click.echo(f"wrote {len(tasks)} seed tasks to {out}", err=True)
 

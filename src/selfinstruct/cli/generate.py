@@ -19,6 +19,7 @@ from selfinstruct.cli.options import (
     batch_price_option,
     first_instructions_option,
     lag_option,
+    language_option,
     model_options,
     parse_price,
     request_batch_size_option,
@@ -117,12 +118,13 @@ INCLUDE_SEEDS_HELP = "Add the seed tasks' instances to the fine-tuning data."
 @click.option(
     "--similarity-threshold",
     type=click.FloatRange(0, 1),
-    default=0.7,
-    show_default=True,
-    help="Keep a candidate only if its max ROUGE-L F1 to the pool is <= this.",
+    default=None,
+    help="Keep a candidate only if its max ROUGE-L F1 to the pool is <= this"
+    "  [default: 0.7 in English; the language's calibrated value otherwise]",
 )
 @LOWERCASE_REST
 @lag_option
+@language_option
 @seed_option(42)
 @model_options
 @batch_options
@@ -132,7 +134,12 @@ def generate_instructions_cmd(
     """Step 1: bootstrap new instructions from the seed tasks."""
     opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
     with opts.pipeline(
-        batch_dir, seed=seed, seeds=seed_tasks, command="generate-instructions", batch=batch
+        batch_dir,
+        seed=seed,
+        seeds=seed_tasks,
+        command="generate-instructions",
+        batch=batch,
+        language=kwargs.pop("language"),
     ) as p:
         p.generate_instructions(num_instructions, **kwargs)
 
@@ -265,6 +272,7 @@ def generate_instances_cmd(batch_dir: Path, seed: int, max_instances: int, **kwa
 @MIN_RATING
 @DECONTAMINATE
 @NO_DECONTAMINATE
+@language_option
 @seed_option(123)
 @click.option("--quiet", "-q", is_flag=True, help="No summary.")
 def prepare_cmd(
@@ -274,6 +282,7 @@ def prepare_cmd(
     quiet: bool,
     decontaminate: tuple[Path, ...],
     no_decontaminate: bool,
+    language: str | None,
     **kwargs: Any,
 ) -> None:
     """Step 4: filter the instances and write fine-tuning files (GPT-3, OpenAI chat, Alpaca)."""
@@ -282,7 +291,9 @@ def prepare_cmd(
     for name in ("instance_files", "classification_files"):
         kwargs[name] = list(kwargs[name]) or None
     eval_sets = eval_sets_option(decontaminate, no_decontaminate)
-    with Pipeline(batch_dir, seeds=seed_tasks, progress=not quiet, command="prepare") as p:
+    with Pipeline(
+        batch_dir, seeds=seed_tasks, progress=not quiet, command="prepare", language=language
+    ) as p:
         report = p.prepare(seed=seed, decontaminate=eval_sets, **kwargs)
         for path in report.outputs:
             p.reporter.info(f"wrote {path}")
@@ -309,6 +320,7 @@ def prepare_cmd(
 )
 @DECONTAMINATE
 @NO_DECONTAMINATE
+@language_option
 @seed_option(42)
 @model_options
 @batch_options
@@ -322,12 +334,15 @@ def run_cmd(
     lenient_labels: bool,
     decontaminate: tuple[Path, ...],
     no_decontaminate: bool,
+    language: str | None,
     **kwargs: Any,
 ) -> None:
     """Run all four steps into one folder; rerun it to resume."""
     opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
     eval_sets = eval_sets_option(decontaminate, no_decontaminate)
-    with opts.pipeline(batch_dir, seed=seed, seeds=seed_tasks, command="run", batch=batch) as p:
+    with opts.pipeline(
+        batch_dir, seed=seed, seeds=seed_tasks, command="run", batch=batch, language=language
+    ) as p:
         p.run(
             num_instructions,
             instructions={"lowercase_rest": lowercase_rest, "lag": lag},

@@ -170,6 +170,30 @@ def seed_tasks_option(f: Callable) -> Callable:
     )(f)
 
 
+def _known_language(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An unknown code stops before any work, with one line naming the option."""
+    from selfinstruct import language
+
+    if value is not None and value.strip().lower() != language.AUTO:
+        language.get(value)
+    return value
+
+
+def language_option(f: Callable) -> Callable:
+    """--language: the seeds' language, for the similarity tokenizer, threshold and filters."""
+    return click.option(
+        "--language",
+        "language",
+        default=None,
+        metavar="CODE",
+        callback=_known_language,
+        help="Language of the seed tasks and instructions: an ISO 639-1 code (zh, ja, ko, ru,"
+        " ar, hi, ...) or 'auto' (detected from the seed tasks). Chooses the ROUGE-L tokenizer,"
+        " the similarity threshold and the filters (docs/multilingual.md)"
+        "  [default: the language the run folder recorded, else en]",
+    )(f)
+
+
 def run_folder_option(f: Callable) -> Callable:
     return click.option(
         "--batch-dir",
@@ -244,6 +268,7 @@ class ModelOptions:
         seeds: Path | None = None,
         command: str = "",
         batch: BatchOptions | None = None,
+        language: str | None = None,
     ):  # -> selfinstruct.pipeline.Pipeline
         from selfinstruct.pipeline import Pipeline
 
@@ -260,6 +285,7 @@ class ModelOptions:
             progress=not self.quiet,
             command=command,
             **(batch.pipeline_options() if batch is not None else {}),
+            language=language,
         )
 
 

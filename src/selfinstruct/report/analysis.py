@@ -7,7 +7,7 @@ import dataclasses
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,9 @@ from selfinstruct.errors import ConfigError, SeedFileError
 from selfinstruct.forecast import beside_actual
 from selfinstruct.judge.rubric import QUESTIONS
 from selfinstruct.judge.rubric import RATING_ORDER as RATINGS
+from selfinstruct.language import get as get_language
+from selfinstruct.language import recorded as recorded_language
+from selfinstruct.language import tokenizer_of
 from selfinstruct.records import Example, Rating
 from selfinstruct.report.reading import Progress, Run
 from selfinstruct.runfolder import RunFolder, RunRecord
@@ -139,6 +142,9 @@ def _seed_instructions(record: RunRecord, seed_tasks: str | Path | None) -> tupl
     if path is None:
         path, source = record.find_seed_file(), "from run.json's config"
     if path is None:
+        code = recorded_language(record.data) or "en"
+        if code in seeds.BUILTIN_FILES and code != "en":
+            return [t.instruction for t in seeds.default(code)], f"the built-in {code} seed tasks"
         return [t.instruction for t in seeds.default()], "the built-in 175 seed tasks"
     try:
         tasks = seeds.load_seed_tasks(path)
@@ -147,11 +153,13 @@ def _seed_instructions(record: RunRecord, seed_tasks: str | Path | None) -> tupl
     return [t.instruction for t in tasks], f"{path} ({source})"
 
 
-def _max_to(index_texts: list[str], queries: list[str], chunk: int = 2048) -> np.ndarray:
+def _max_to(
+    index_texts: list[str], queries: list[str], tokenizer: Any = None, chunk: int = 2048
+) -> np.ndarray:
     """Each query's highest ROUGE-L F1 to any of ``index_texts``."""
     from selfinstruct.similarity import RougeLIndex
 
-    index = RougeLIndex(index_texts)
+    index = RougeLIndex(index_texts, tokenizer=tokenizer)
     out = np.zeros(len(queries), dtype=np.float64)
     if not index_texts:
         return out
@@ -169,6 +177,7 @@ def _pool_scores(
     *,
     limit: int,
     seed: int,
+    tokenizer: Any = None,
 ) -> tuple[np.ndarray, int, int]:
     """Each instruction's highest ROUGE-L to the seeds and the instructions before it, as step 1
     saw it: the best of its stored ``most_similar``, computed where that field is missing.
@@ -196,7 +205,7 @@ def _pool_scores(
         scores[[i for i in missing if i not in chosen]] = np.nan
     progress(f"computing ROUGE-L to the pool for {len(chosen):,} instructions")
     last = max(chosen) if chosen else -1
-    index = RougeLIndex(seeds)
+    index = RougeLIndex(seeds, tokenizer=tokenizer)
     for i, text in enumerate(texts[: last + 1]):
         if i in chosen:
             scores[i] = index.max_score(text) if len(index) else 0.0
@@ -298,9 +307,17 @@ def _similarity(
 ) -> _Similarity:
     progress("scoring ROUGE-L to the seed tasks")
     seeds, seed_source = _seed_instructions(data.record, seed_tasks)
-    to_seeds = _max_to(seeds, texts)
+    # Step 1's language (run.json), so that the figures are the filter's own.
+    tokenizer = tokenizer_of(recorded_language(data.record.data))
+    to_seeds = _max_to(seeds, texts, tokenizer)
     to_pool, lacking, computed = _pool_scores(
-        texts, data.instructions, seeds, progress, limit=pool_sample, seed=seed
+        texts,
+        data.instructions,
+        seeds,
+        progress,
+        limit=pool_sample,
+        seed=seed,
+        tokenizer=tokenizer,
     )
     threshold = data.record.similarity_threshold or DEFAULT_THRESHOLD
     known = to_pool[~np.isnan(to_pool)]
@@ -325,11 +342,15 @@ class _Lengths:
         }
 
 
-def _lengths(texts: list[str], examples: list[Example]) -> _Lengths:
-    instr_len = [_words(x) for x in texts]
-    input_len = [_words(e.input) for e in examples if e.input.strip()]
-    out_with = [_words(e.output) for e in examples if e.input.strip()]
-    out_without = [_words(e.output) for e in examples if not e.input.strip()]
+def _lengths(
+    texts: list[str], examples: list[Example], words: Callable[[Any], int] = _words
+) -> _Lengths:
+    """Figure 4's lengths, in words (or, in a language without spaces, the tokens `words`
+    counts: characters in Chinese)."""
+    instr_len = [words(x) for x in texts]
+    input_len = [words(e.input) for e in examples if e.input.strip()]
+    out_with = [words(e.output) for e in examples if e.input.strip()]
+    out_without = [words(e.output) for e in examples if not e.input.strip()]
     return _Lengths(instr_len, input_len, out_with, out_without)
 
 
@@ -407,7 +428,9 @@ def analyse(
     )
     verbs, top = _verb_stats(texts, pairs, method)
     similarity = _similarity(data, texts, seed_tasks, say, pool_sample=pool_sample, seed=seed)
-    lengths = _lengths(texts, data.examples or [])
+    lang = get_language(recorded_language(data.record.data))
+    words = _words if lang.is_english else (lambda x: len(lang.tokens(str(x or ""))))
+    lengths = _lengths(texts, data.examples or [], words)
     return Analysis(texts, method, verbs, top, similarity, lengths, _ratings(data))
 
 

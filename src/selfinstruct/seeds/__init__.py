@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from selfinstruct.errors import SeedFileError
+from selfinstruct.errors import ConfigError, SeedFileError
 from selfinstruct.records import Instance, SeedTask
 
 DEFAULT_SEED_FILE = "default_seed_tasks.jsonl"
+# Small sets written for the project in other languages (docs/multilingual.md).
+BUILTIN_FILES = {"en": DEFAULT_SEED_FILE, "zh": "zh_seed_tasks.jsonl", "ru": "ru_seed_tasks.jsonl"}
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,22 @@ class SeedProblem:
         return f"{where}: {self.message}"
 
 
-def default_path() -> Path:
-    """The path of the seed set that ships inside the package."""
-    return Path(str(resources.files("selfinstruct.seeds").joinpath(DEFAULT_SEED_FILE)))
+def default_path(language: str = "en") -> Path:
+    """The path of the seed set that ships inside the package for a language (English: the
+    175 tasks; Chinese and Russian: 20 each); ConfigError for a language without one."""
+    name = BUILTIN_FILES.get(language)
+    if name is None:
+        raise ConfigError(
+            f"no built-in seed tasks in {language!r} (there are: {', '.join(BUILTIN_FILES)});"
+            " pass your own with --seed-tasks"
+        )
+    return Path(str(resources.files("selfinstruct.seeds").joinpath(name)))
 
 
-def default() -> list[SeedTask]:
-    """Our own 175 seed tasks, as the pipeline uses them when no seed file is given."""
-    return load_seed_tasks(default_path())
+def default(language: str = "en") -> list[SeedTask]:
+    """Our own seed tasks, as the pipeline uses them when no seed file is given: the 175
+    English ones, or the small set of another language (see `default_path`)."""
+    return load_seed_tasks(default_path(language))
 
 
 def load_seed_tasks(path: str | Path) -> list[SeedTask]:

@@ -33,6 +33,7 @@ run's filtering can be replayed (`selfinstruct sweep`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from bisect import bisect_right
 from collections import Counter
@@ -45,6 +46,7 @@ from selfinstruct.engine import WAIT, Request, RequestFailed
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
 from selfinstruct.io import JsonlAppender, read_jsonl
+from selfinstruct.language import get as get_language
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.progress import Bar
 from selfinstruct.prompts import bootstrap_prompt
@@ -72,7 +74,8 @@ class InstructionSettings:
     num_machine_in_prompt: int = 2
     request_batch_size: int = 5  # prompts per request, where the API takes a list
     classification_only: bool = False  # prompt with classification seeds only
-    similarity_threshold: float = 0.7
+    similarity_threshold: float | None = None  # None: the language's default (English 0.7)
+    language: str = "en"  # ISO code: the similarity tokenizer and filters (selfinstruct.language)
     lowercase_rest: bool = False  # reproduce str.capitalize() of the original script
     seed: int = 42
     # Stop (incomplete, resumable) after this many answers in a row add nothing to the pool:
@@ -97,6 +100,8 @@ def generate_instructions(
     s = settings or InstructionSettings()
     if s.lag < 1:
         raise ConfigError(f"`lag` must be at least 1 request, got {s.lag}")
+    if s.similarity_threshold is None:
+        s = dataclasses.replace(s, similarity_threshold=get_language(s.language).threshold)
     if s.classification_only:
         seeds = [t for t in seeds if t.is_classification]
     folder = RunFolder.of(run)
@@ -148,7 +153,9 @@ class _Bootstrap:
         self._resume(folder)
         self.resumed = len(self.machine)
         self._check_seeds()
-        self.index = RougeLIndex(seed_instructions + self.machine)
+        self.index = RougeLIndex(
+            seed_instructions + self.machine, tokenizer=get_language(s.language).tokenizer
+        )
         self.dropped: Counter[str] = Counter()
         self.stalled = 0
         self.accepted: list[tuple[str, int, dict, int, int]] = []
@@ -325,7 +332,7 @@ class _Bootstrap:
         """Keep the candidate, or reject it with the first reason that applies."""
         if len(self.machine) >= self.s.num_instructions:
             return self._reject(candidate, "surplus", key)
-        reason = rejection_reason(candidate)
+        reason = rejection_reason(candidate, self.s.language)
         if reason is not None:
             return self._reject(candidate, reason, key)
         # The best match costs about what the plain threshold test costs.

@@ -6,7 +6,11 @@ import re
 
 from selfinstruct.records import is_yes
 
-_NUMBERED_ITEM_SPLIT = re.compile(r"\n\d+\s?\. ")
+# "\n10. " as the paper's script split; also the numbering of answers in Chinese and Japanese:
+# full-width digits ("１０"; \d matches any script's digits), the full-width stop "１０．", the
+# ideographic comma "10、", and "10." directly followed by a non-ASCII character ("10.写").
+_NUMBERED_ITEM_SPLIT = re.compile(r"\n\d+\s?(?:\. |[．、]\s*|\.(?=[^\x00-\x7f]))")
+_FIRST_NUMBER = re.compile(r"\A\s*(\d+)\s?(?:\.(?!\d)|[．、])")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -18,13 +22,24 @@ def split_numbered_list(text: str, *, first_number: int = 9) -> list[str]:
     number the prompt ended on ("9. Write a ..."): that leading `first_number` is removed, so
     that the filters see the instruction itself (the paper's completion model never wrote it).
     """
-    text = re.sub(rf"\A\s*{first_number}\s?\.(?!\d)", "", text, count=1)
+    text = _strip_first_number(text, first_number)
     items = []
     for raw in _NUMBERED_ITEM_SPLIT.split(text):
         item = _WHITESPACE.sub(" ", raw).strip()
         if item:
             items.append(item)
     return items
+
+
+def _strip_first_number(text: str, number: int) -> str:
+    """``text`` without a leading "9." ("９．", "9、"), when that is the number given."""
+    match = _FIRST_NUMBER.match(text)
+    if match is None:
+        return text
+    digits = match.group(1)
+    # ASCII exactly as written ("09." is not "9."); other digits by value ("９" is 9).
+    same = digits == str(number) if digits.isascii() else int(digits) == number
+    return text[match.end() :] if same else text
 
 
 def capitalize_first(text: str, *, lowercase_rest: bool = False) -> str:
