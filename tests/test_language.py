@@ -43,6 +43,8 @@ class _Tokenizer:
 @given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=80))
 def test_on_ascii_it_is_rouge_scores_tokenizer(text: str) -> None:
     assert language.tokenize(text) == tokenize(text)
+    # The same ASCII inside non-ASCII text (the general path) gives the same tokens.
+    assert language.tokenize(text + " 字") == [*tokenize(text), "字"]
     assert language.tokenize(text) == rouge_scorer.RougeScorer(["rougeL"])._tokenizer.tokenize(text)
 
 

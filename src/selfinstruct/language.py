@@ -66,10 +66,13 @@ _TOKEN = regex.compile(
 )
 
 
+_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")  # rouge-score's tokens, the same on ASCII text
+
+
 def tokenize(text: str) -> list[str]:
     """The tokens of ``text`` for ROUGE-L in any language (see the module's docstring)."""
-    if text.isascii():  # the common case, and NFKC leaves ASCII unchanged
-        return _TOKEN.findall(text.lower())
+    if text.isascii():  # NFKC leaves ASCII as it is, and then the tokens are rouge-score's
+        return _ROUGE_TOKEN.findall(text.lower())
     return _TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
 
 
@@ -157,8 +160,6 @@ class Language:
             return _ROUGE_TOKEN.findall(text.lower())
         return tokenize(text)
 
-
-_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
 
 _ZH_BANNED = (
     "图片", "图像", "图表", "图形", "照片", "文件", "地图", "绘制", "绘图", "画一", "画出",
