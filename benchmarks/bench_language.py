@@ -14,8 +14,8 @@ candidate at a time as step 1 makes them) over the first N lines. English is tim
 rouge-score's tokenizer (what ``--language en`` uses) and with the multilingual tokenizer (the
 same tokens on this ASCII corpus), so that the tokenizer's own cost shows.
 
-    .venv/bin/python benchmarks/bench_language.py            # about 2 minutes
-    .venv/bin/python benchmarks/bench_language.py --quick    # the first 10K lines
+    .venv/bin/python benchmarks/bench_language.py --repeat 3   # 5-10 minutes
+    .venv/bin/python benchmarks/bench_language.py --quick      # the first 10K lines
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the first 10K lines only")
     parser.add_argument("--loop", type=int, default=10_000, help="lines for the loop figure")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each case (medians)")
     args = parser.parse_args()
     english = load(10_000 if args.quick else None)
     cache: dict[str, str] = {}
@@ -113,20 +115,35 @@ def main() -> None:
         ),
     ]
     print(
-        f"{len(english):,} instructions; python {platform.python_version()}; {platform.machine()}"
+        f"{len(english):,} instructions; python {platform.python_version()};"
+        f" {platform.machine()}; medians of {args.repeat} runs, the cases taken in turn"
     )
-    print("| corpus | tokens/text | tokenize s | dedup s | kept | loop s (first N) | loop kept |")
+    times: dict[str, list[list[float]]] = {name: [] for name, *_ in cases}
+    kept: dict[str, tuple[int, int, float]] = {}
+    for _ in range(args.repeat):
+        for name, texts, threshold, tok in cases:
+            fn = tok or tokenize
+            t_tok, tokens = timed(lambda texts=texts, fn=fn: [fn(t) for t in texts])
+            t_dedup, result = timed(greedy_dedup, texts, threshold, tokenizer=tok)
+            t_loop, kept_loop = loop(texts[: args.loop], threshold, tok)
+            times[name].append([t_tok, t_dedup, t_loop])
+            kept[name] = (len(result.kept), kept_loop, sum(map(len, tokens)) / len(tokens))
+    n_loop = min(args.loop, len(english))
+    print(
+        "| corpus | tokens/text | tokenize s | dedup s | kept |"
+        f" step-1 loop s (first {n_loop:,}) | loop kept |"
+    )
     print("|---|---|---|---|---|---|---|")
-    for name, texts, threshold, tok in cases:
-        fn = tok or tokenize
-        t_tok, tokens = timed(lambda texts=texts, fn=fn: [fn(t) for t in texts])
-        per_text = sum(map(len, tokens)) / len(tokens)
-        t_dedup, result = timed(greedy_dedup, texts, threshold, tokenizer=tok)
-        t_loop, kept_loop = loop(texts[: args.loop], threshold, tok)
+    for name, *_ in cases:
+        t_tok, t_dedup, t_loop = (statistics.median(col) for col in zip(*times[name], strict=True))
+        n_kept, n_loop_kept, per_text = kept[name]
         print(
-            f"| {name} | {per_text:.1f} | {t_tok:.2f} | {t_dedup:.2f} | {len(result.kept):,} |"
-            f" {t_loop:.2f} (N={min(args.loop, len(texts)):,}) | {kept_loop:,} |"
+            f"| {name} | {per_text:.1f} | {t_tok:.2f} | {t_dedup:.2f} | {n_kept:,} |"
+            f" {t_loop:.2f} | {n_loop_kept:,} |"
         )
+    base = statistics.median(t[1] for t in times[cases[0][0]])
+    zh_dedup = statistics.median(t[1] for t in times[cases[-1][0]])
+    print(f"Chinese-like / English (rouge-score tokenizer) dedup time: {zh_dedup / base:.2f}x")
 
 
 if __name__ == "__main__":
