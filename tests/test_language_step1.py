@@ -91,10 +91,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._send({"object": "list", "data": [{"id": "zh-model", "object": "model"}]})
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        prompt = body["messages"][-1]["content"]
         with self.server.lock:
-            text = next(self.server.answers)
             self.server.requests += 1
+            if "Is it classification?" in prompt:  # step 2
+                text = "Yes" if self.server.requests % 2 else "No"
+            elif "Given the classification task definition" in prompt:  # step 3, output first
+                text = "Class label: 正面\n评论：很好用，推荐。\n"
+                text += "Class label: 负面\n评论：质量很差。"
+            elif "Come up with examples for the following tasks" in prompt:  # step 3
+                text = "Example 1\nInput: 今天的天气\nOutput: 今天晴，气温二十度。\nExample 2\n"
+                text += "Input: 明天的天气\nOutput: 明天多云，可能有小雨。"
+            else:  # step 1
+                text = next(self.server.answers)
         self._send(
             {
                 "id": "chatcmpl-1",
@@ -228,3 +238,32 @@ def test_an_unknown_language_stops_with_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "klingon" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_all_four_steps_and_the_report_in_chinese(tmp_path: Path, zh_server: str) -> None:
+    out = tmp_path / "run"
+    common = ["--model", "openai:zh-model", "--base-url", zh_server, "--api-key", "sk-test-key"]
+    done = subprocess.run(
+        [*CLI, "run", "--out", str(out), "--language", "zh", "--num-instructions", "8"]
+        + [*common, "--no-decontaminate", "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    examples = [
+        json.loads(line)
+        for line in _lines(out / "finetuning_data" / "all_generated_instances.jsonl")
+    ]
+    assert len({e["instruction"] for e in examples}) == 8
+    assert all(language.detect([e["instruction"]]) == "zh" for e in examples)
+    labels = _lines(next(out.glob("is_clf_or_not_*.jsonl")))
+    assert any('"Yes"' in line for line in labels) and any('"No"' in line for line in labels)
+    report = subprocess.run(
+        [*CLI, "report", str(out), "-q"], capture_output=True, text=True, timeout=600
+    )
+    assert report.returncode == 0, report.stderr
+    stats = json.loads((out / "report" / "stats.json").read_text("utf-8"))
+    # ROUGE-L to the seed tasks is the Chinese figure, not rouge-score's 0.0 for everything.
+    assert sum(stats["rouge"]["hist_to_seeds"]["counts"][2:]) > 0  # some above 0.1
+    assert stats["rouge"]["seed_source"] == "the built-in zh seed tasks"
+    assert stats["rouge"]["threshold"] == language.get("zh").threshold
