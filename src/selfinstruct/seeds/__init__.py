@@ -40,7 +40,7 @@ class SeedProblem:
 def default_path(language: str = "en") -> Path:
     """The path of the seed set that ships inside the package for a language (English: the
     175 tasks; Chinese and Russian: 20 each); ConfigError for a language without one."""
-    name = BUILTIN_FILES.get(language)
+    name = BUILTIN_FILES.get(language.strip().lower().replace("_", "-").split("-")[0])
     if name is None:
         raise ConfigError(
             f"no built-in seed tasks in {language!r} (there are: {', '.join(BUILTIN_FILES)});"
