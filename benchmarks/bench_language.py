@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import platform
 import statistics
 import sys
@@ -37,6 +36,8 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
+from bench_similarity import load  # noqa: E402  (the corpus reader, shared)
+
 from selfinstruct import language  # noqa: E402
 from selfinstruct.similarity import RougeLIndex, greedy_dedup, tokenize  # noqa: E402
 
@@ -48,17 +49,6 @@ def corpus_path() -> Path:
         if (base / CORPUS_NAME).exists():
             return base / CORPUS_NAME
     sys.exit(f"{CORPUS_NAME} absent: the benchmark corpus lies beside the project")
-
-
-def load(limit: int | None) -> list[str]:
-    out = []
-    with corpus_path().open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                out.append(json.loads(line)["instruction"])
-            if limit is not None and len(out) >= limit:
-                break
-    return out
 
 
 def chinese_like(text: str, cache: dict[str, str]) -> str:
@@ -100,7 +90,7 @@ def main() -> None:
     parser.add_argument("--loop", type=int, default=10_000, help="lines for the loop figure")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each case (medians)")
     args = parser.parse_args()
-    english = load(10_000 if args.quick else None)
+    english = load(corpus_path(), 10_000 if args.quick else None)
     cache: dict[str, str] = {}
     chinese = [chinese_like(t, cache) for t in english]
     zh = language.get("zh")
