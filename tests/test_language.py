@@ -113,7 +113,7 @@ def test_near_duplicates_and_different_tasks_are_told_apart(code: str) -> None:
 
 @pytest.mark.parametrize("code", LANGUAGES)
 def test_the_index_and_dedup_use_the_language(code: str) -> None:
-    tok = language.tokenizer_for(code)
+    tok = language.tokenizer_of(code)
     threshold = language.get(code).threshold
     close = [p[code] for p in PAIRS if p["id"] in CLOSE]
     texts = [t for pair in close for t in pair]
@@ -128,9 +128,9 @@ def test_the_index_and_dedup_use_the_language(code: str) -> None:
 def test_english_dedup_is_unchanged() -> None:
     texts = [p["en"][i] for p in PAIRS for i in (0, 1)] + ["Write a café menu.", "Résumé tips"]
     plain = greedy_dedup(texts, 0.7)
-    explicit = greedy_dedup(texts, 0.7, tokenizer=language.tokenizer_for("en"))
+    explicit = greedy_dedup(texts, 0.7, tokenizer=language.tokenizer_of("en"))
     assert plain == explicit
-    assert language.tokenizer_for("en") is None
+    assert language.tokenizer_of("en") is None
 
 
 def test_stemming_is_for_english_only() -> None:

@@ -46,7 +46,7 @@ __all__ = [
     "recorded",
     "resolve",
     "tokenize",
-    "tokenizer_for",
+    "tokenizer_of",
 ]
 
 DEFAULT_LANGUAGE = "en"
@@ -247,7 +247,7 @@ def get(code: str | Language | None) -> Language:
     return lang
 
 
-def tokenizer_for(code: str | Language | None) -> Tokenizer | None:
+def tokenizer_of(code: str | Language | None) -> Tokenizer | None:
     """The similarity tokenizer for a language: None (rouge-score's) for English."""
     return get(code).tokenizer
 

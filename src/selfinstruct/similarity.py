@@ -183,9 +183,9 @@ def rouge_l(
     (an ISO code such as ``"zh"``) takes that language's (``selfinstruct.language``; ``"en"``
     is rouge-score's)."""
     if language is not None and tokenizer is None:
-        from .language import tokenizer_for as language_tokenizer
+        from .language import tokenizer_of
 
-        tokenizer = language_tokenizer(language)
+        tokenizer = tokenizer_of(language)
     split = tokenizer_for(stem, tokenizer)
     t_tokens = split(target)
     p_tokens = split(prediction)

@@ -30,7 +30,7 @@ from typing import Any
 
 from selfinstruct.errors import ConfigError
 from selfinstruct.language import recorded as recorded_language
-from selfinstruct.language import tokenizer_for
+from selfinstruct.language import tokenizer_of
 from selfinstruct.records import SeedTask
 from selfinstruct.runfolder import RunFolder, RunRecord
 from selfinstruct.similarity import greedy_dedup
@@ -85,7 +85,7 @@ class SweepInput:
 
     def row(self, threshold: float, *, is_run_threshold: bool = False) -> SweepRow:
         result = greedy_dedup(
-            self.candidates, threshold, initial=self.seeds, tokenizer=tokenizer_for(self.language)
+            self.candidates, threshold, initial=self.seeds, tokenizer=tokenizer_of(self.language)
         )
         kept_here = set(result.kept)
         run_kept = {i for i, k in enumerate(self.kept_by_run) if k}
