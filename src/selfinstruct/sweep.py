@@ -153,7 +153,8 @@ def _seed_texts(record: RunRecord, seeds: Seeds | None) -> tuple[list[str], str]
     if seeds is None:
         if record.seed_file is None:
             code = recorded_language(record.data) or "en"
-            tasks, source = seed_sets.default(code), f"the default seed set ({code})"
+            tasks, source = seed_sets.default(code), "the default seed set"
+            source += "" if code == "en" else f" ({code})"
         else:
             path = record.find_seed_file()
             if path is None:
