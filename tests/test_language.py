@@ -267,7 +267,7 @@ def test_detection_of_shipped_seed_sets() -> None:
 
 
 def test_unknown_language_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="--language 'xx'"):
+    with pytest.raises(ConfigError, match="`language` 'xx'"):
         language.get("xx")
     assert language.get("zh-CN").code == "zh"
     assert language.resolve("auto", ["Напишите письмо."]).code == "ru"

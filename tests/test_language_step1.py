@@ -237,7 +237,7 @@ def test_an_unknown_language_stops_with_one_line(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode != 0
-    assert "klingon" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "--language 'klingon'" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_all_four_steps_and_the_report_in_chinese(tmp_path: Path, zh_server: str) -> None:

@@ -242,7 +242,7 @@ def get(code: str | Language | None) -> Language:
     lang = _BY_CODE.get(key)
     if lang is None:
         raise ConfigError(
-            f"--language {code!r}: unknown; use 'auto' or one of {', '.join(known_codes())}"
+            f"`language` {code!r}: unknown; use 'auto' or one of {', '.join(known_codes())}"
         )
     return lang
 

@@ -44,7 +44,7 @@ def default_path(language: str = "en") -> Path:
     if name is None:
         raise ConfigError(
             f"no built-in seed tasks in {language!r} (there are: {', '.join(BUILTIN_FILES)});"
-            " pass your own with --seed-tasks"
+            " give your own (`seed_tasks`)"
         )
     return Path(str(resources.files("selfinstruct.seeds").joinpath(name)))
 
