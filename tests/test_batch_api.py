@@ -98,14 +98,35 @@ def test_steps_2_and_3_in_batches_give_the_online_files(tmp_path: Path, server) 
     assert [e["event"] for e in logged].count("created") == 2
 
 
-def test_step_1_runs_in_rounds_with_the_online_filters(tmp_path: Path, server) -> None:
+def test_step_1_in_rounds_keeps_what_the_online_mode_keeps_at_the_same_lag(
+    tmp_path: Path, server
+) -> None:
+    # The answer depends only on the prompt; online at concurrency 8 or in batches, with the
+    # same lag (the round) the same instructions are kept in the same order.
+    kept = {}
+    for name, batch in (("online", None), ("batch", FAST)):
+        with si.Pipeline(
+            tmp_path / name,
+            MODEL,
+            base_url=server.base_url,
+            api_key="k",
+            engine=si.EngineSettings(concurrency=8),
+            batch_api=batch or False,
+        ) as p:
+            report = p.generate_instructions(120, lag=3)
+        assert report.complete
+        kept[name] = answers(RunFolder(tmp_path / name).instructions, "candidate_idx")
+    assert kept["batch"] == kept["online"] and len(kept["online"]) == 120
+    stats = run_json(tmp_path / "batch")["steps"]["instructions"]["batch"]
+    assert stats["rounds"] >= 2 and stats["batches_created"] == stats["rounds"]
+    assert run_json(tmp_path / "batch")["config"]["instructions"]["lag"] == 3
+
+
+def test_step_1_lag_in_batch_mode_is_the_round(tmp_path: Path, server) -> None:
     with pipeline(tmp_path, server.base_url) as p:
-        report = p.generate_instructions(40)
-    kept = [r["instruction"] for r in lines(RunFolder(tmp_path).instructions)]
-    assert len(kept) == 40 and len(set(kept)) == 40
-    stats = run_json(tmp_path)["steps"]["instructions"]["batch"]
-    assert stats["rounds"] >= 1 and stats["batches_created"] == stats["rounds"]
-    assert report.complete
+        p.generate_instructions(200)
+    config = run_json(tmp_path)["config"]["instructions"]
+    assert config["lag"] == si.batchapi.round_requests(200, 5) == 10
 
 
 def test_files_are_split_at_the_limits(tmp_path: Path, server) -> None:
@@ -189,7 +210,7 @@ def cli(out: Path, url: str, *extra: str) -> list[str]:
         sys.executable, "-c", "from selfinstruct.cli import main; main()",
         "run", "--out", str(out), "--model", MODEL, "--base-url", url, "--api-key", "k",
         "--num-instructions", "30", "--no-decontaminate", "--quiet", "--concurrency", "1",
-        "--batch-api", "--batch-poll", "0.05", *extra,
+        "--batch-api", "--batch-poll", "0.05", "--lag", "1", *extra,
     ]  # fmt: skip
 
 
@@ -209,8 +230,10 @@ def test_kill_9_while_a_batch_runs_then_resume(tmp_path: Path) -> None:
         subprocess.run(cli(clean, srv.base_url), check=True, timeout=300)
         clean_batches = len(srv.batches())
         rounds = created_events(clean, "instructions")  # step 1's batches, then one a step
+        assert rounds >= 2
         kills = 0
-        for target in (rounds + 1, rounds + 2):  # once in step 2's batch, once in step 3's
+        # In step 1's second round, in step 2's batch, in step 3's.
+        for target in (2, rounds + 1, rounds + 2):
             proc = subprocess.Popen(cli(killed, srv.base_url))
             deadline = time.monotonic() + 120
             while created_events(killed) < target and proc.poll() is None:
@@ -223,7 +246,7 @@ def test_kill_9_while_a_batch_runs_then_resume(tmp_path: Path) -> None:
             proc.wait()
         subprocess.run(cli(killed, srv.base_url), check=True, timeout=300)
         killed_batches = len(srv.batches()) - clean_batches
-    assert kills == 2
+    assert kills == 3
     assert killed_batches == clean_batches  # nothing paid twice
     a, b = RunFolder(clean), RunFolder(killed)
     assert answers(b.instructions, "instruction") == answers(a.instructions, "instruction")

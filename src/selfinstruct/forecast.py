@@ -19,12 +19,14 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from selfinstruct.batchapi import round_requests
 from selfinstruct.errors import BudgetExhausted
 from selfinstruct.judge.verdict import JUDGE_MAX_TOKENS, judge_prompt
 from selfinstruct.models.spec import parse_spec
 from selfinstruct.prompts import bootstrap_prompt, classification_prompt, instance_prompt
 from selfinstruct.records import SeedTask
 from selfinstruct.runfile import RunFile
+from selfinstruct.steps.instructions import InstructionSettings
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_WORD = 4 / 3
@@ -207,14 +209,19 @@ def estimate(
     concurrency: int = 8,
     seconds_per_request: float | None = None,
     seed: int = 42,
+    lag: int | None = None,
 ) -> Forecast:
     """The forecast of a run of `num_instructions` instructions, `already` of them made."""
     y = yields or paper_yields()
     per_request = requests_per_prompt_list(model_spec, request_batch_size)
     prompt_tokens = {**_prompt_tokens(seeds, num_prompt_instructions, y, seed), **y.prompt_tokens}
     missing = max(0, num_instructions - already)
-    step1_online = _online_requests(missing, y.kept_per_prompt, per_request, concurrency)
-    step1_batch, rounds = _batch_rounds(missing, y.kept_per_prompt, per_request)
+    # Step 1 holds at most `lag` requests undecided; in Batch API mode the lag is the round.
+    window = min(concurrency, lag or InstructionSettings.lag)
+    step1_online = _online_requests(missing, y.kept_per_prompt, per_request, window)
+    step1_batch, rounds = _batch_rounds(
+        missing, y.kept_per_prompt, per_request, round_requests(num_instructions, per_request)
+    )
     requests = {
         "classify": math.ceil(num_instructions / per_request),
         "instances": math.ceil(num_instructions / per_request),
@@ -299,14 +306,12 @@ def _online_requests(missing: int, kept: float, per_request: int, concurrency: i
     return sent
 
 
-def _batch_rounds(missing: int, kept: float, per_request: int) -> tuple[int, int]:
-    """(requests, rounds) in Batch API mode: each round is what the step sends before it
-    must wait, at most a file's 50,000 lines."""
-    from selfinstruct.batchapi import MAX_LINES
-
+def _batch_rounds(missing: int, kept: float, per_request: int, lag: int) -> tuple[int, int]:
+    """(requests, rounds) in Batch API mode: a round is what the step sends before it must
+    wait, `lag` requests or fewer when fewer cover what is missing."""
     sent, rounds, left = 0, 0, float(missing)
     while left > 0 and rounds < _MAX_STEPS and kept > 0:
-        n = min(MAX_LINES, math.ceil(left / per_request))
+        n = min(lag, math.ceil(left / per_request))
         sent, rounds, left = sent + n, rounds + 1, left - n * per_request * kept
     return sent, rounds
 

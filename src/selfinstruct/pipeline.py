@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct import language as languages
-from selfinstruct.batchapi import BatchSettings
+from selfinstruct.batchapi import BatchSettings, round_requests
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import BudgetExhausted, ConfigError, SelfInstructError
 from selfinstruct.io import write_atomic
@@ -190,13 +190,17 @@ class Pipeline:
 
     def generate_instructions(self, num_instructions: int = 100, **options: Any) -> StepReport:
         """Step 1: grow the pool to `num_instructions` machine instructions. `options` are
-        `InstructionSettings` fields (similarity_threshold, lowercase_rest, ...)."""
+        `InstructionSettings` fields (similarity_threshold, lowercase_rest, ...). In Batch API
+        mode the lag, unless given, is the round: `batchapi.round_requests` of the target."""
         seeds = self.seeds  # a bad seed file stops here, before any model call
         if "language" in options:
             self._language = options.pop("language")
         lang = self.language
         if options.get("similarity_threshold") is None:
             options["similarity_threshold"] = lang.threshold  # calibrated per script
+        lag_given = options.get("lag") is not None
+        if not lag_given:
+            options.pop("lag", None)
         settings = make_settings(
             InstructionSettings,
             num_instructions=num_instructions,
@@ -204,6 +208,10 @@ class Pipeline:
             language=lang.code,
             **options,
         )
+        if self.batch is not None and not lag_given:
+            per_request = max(1, min(settings.request_batch_size, self.model.max_batch))
+            lag = round_requests(num_instructions, per_request)
+            settings = dataclasses.replace(settings, lag=lag)
         return self._model_step(
             settings,
             lambda ctx: generate_instructions(ctx, seeds, self.folder, settings),

@@ -149,11 +149,12 @@ def lag_option(f: Callable) -> Callable:
     return click.option(
         "--lag",
         type=click.IntRange(min=1),
-        default=InstructionSettings.lag,
-        show_default=True,
+        default=None,
         help="Step 1: the prompts of request i come from the pool as it stood once request"
         " i-LAG was decided; at most LAG requests are undecided, so a higher --concurrency"
-        " waits (1: the original's serial loop). The data depends on it, not on concurrency.",
+        " waits (1: the original's serial loop). The data depends on it, not on concurrency."
+        f"  [default: {InstructionSettings.lag}; with --batch-api, the round: a quarter of the"
+        " requests the target needs, at most 50,000]",
     )(f)
 
 
