@@ -28,6 +28,13 @@ Warn = Callable[[str], None]
 CLASSIFICATION_TEMPLATE = "template_1"
 _GPT3_PATTERN = "gpt3_finetuning_data_{count}.jsonl"
 _CLASSIFICATION_PATTERN = "is_clf_or_not_{engine}_{template}.jsonl"
+# Step 4's example files, by format (formats.EXAMPLE_FORMATS renders each).
+_EXAMPLE_FILES = {
+    "chat": "openai_chat_finetuning_data.jsonl",
+    "trl": "trl_prompt_completion.jsonl",
+    "sharegpt": "sharegpt_data.jsonl",
+    "alpaca": "alpaca_data.json",
+}
 _HELD: set[str] = set()  # lock files this process holds
 
 
@@ -214,13 +221,17 @@ class RunFolder:
         """Step 4's filtered (instruction, input, output) triples."""
         return self.finetuning_dir / "all_generated_instances.jsonl"
 
+    def example_file(self, fmt: str) -> Path:
+        """Step 4's file of unique examples in a format of `formats.EXAMPLE_FORMATS`."""
+        return self.finetuning_dir / _EXAMPLE_FILES[fmt]
+
     @property
     def chat_finetuning(self) -> Path:
-        return self.finetuning_dir / "openai_chat_finetuning_data.jsonl"
+        return self.example_file("chat")
 
     @property
     def alpaca(self) -> Path:
-        return self.finetuning_dir / "alpaca_data.json"
+        return self.example_file("alpaca")
 
     @property
     def dropped_examples(self) -> Path:

@@ -36,7 +36,7 @@ Examples:
     "finetune",
     epilog=FINETUNE_EPILOG,
 )
-@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--out",
     "-o",
@@ -194,10 +194,12 @@ def finetune_command(data: Path, out: Path, backend: str, **opts: Any) -> None:
     """Fine-tune a model on DATA and write the result to OUT.
 
     DATA may be any file the pipeline writes (gpt3_finetuning_data_*.jsonl,
-    openai_chat_finetuning_data.jsonl, alpaca_data.json, all_generated_instances.jsonl) or the
-    original release's gpt3_finetuning_data.jsonl. The local backend trains a LoRA on the
-    embedded model (no download) and writes OUT/adapter.gguf: use it at once with
-    --model 'local?lora=OUT'. A rerun of an interrupted command continues where it stopped.
+    openai_chat_finetuning_data.jsonl, trl_prompt_completion.jsonl, sharegpt_data.jsonl,
+    alpaca_data.json, all_generated_instances.jsonl), a folder written by 'selfinstruct export'
+    (its training examples), or the original release's gpt3_finetuning_data.jsonl. The local
+    backend trains a LoRA on the embedded model (no download) and writes OUT/adapter.gguf: use
+    it at once with --model 'local?lora=OUT'. A rerun of an interrupted command continues where
+    it stopped.
     """
     from selfinstruct.progress import Reporter
 

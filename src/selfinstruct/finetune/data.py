@@ -5,6 +5,10 @@ Formats, detected per record so that a file may even mix them:
 * ``all_generated_instances.jsonl`` and any JSONL of ``{"instruction", "input", "output"}``;
 * ``alpaca_data.json``: a JSON list of the same objects;
 * ``openai_chat_finetuning_data.jsonl``: ``{"messages": [system?, user, assistant]}``;
+* ``trl_prompt_completion.jsonl``: ``{"prompt": [user], "completion": [assistant]}`` (TRL);
+* ``sharegpt_data.jsonl``: ``{"conversations": [{"from": "human"|"gpt", "value"}, ...]}``;
+* a folder written by ``selfinstruct export`` (its default config's train split, Parquet), or
+  one Parquet file of instruction/input/output rows;
 * ``gpt3_finetuning_data_*.jsonl`` (ours and the release's): ``{"prompt", "completion"}``
   encoded with one of the paper's templates, completion ending in ``<|endoftext|>``;
 * the task format of ``seed_tasks.jsonl`` and ``user_oriented_instructions.jsonl``:
@@ -25,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import DataFileError
-from selfinstruct.formats import split_prompt, split_user, strip_completion
+from selfinstruct.formats import (
+    dataset_split_files,
+    read_parquet,
+    split_prompt,
+    split_user,
+    strip_completion,
+)
 from selfinstruct.io import iter_jsonl
 from selfinstruct.records import Example
 
@@ -50,6 +60,10 @@ def examples_from_record(record: dict[str, Any], where: str) -> list[Example]:
     rid = None if rid is None else str(rid)
     if "messages" in record:
         return [_from_chat(record["messages"], where, rid)]
+    if "conversations" in record:
+        return [_from_chat(_sharegpt_messages(record["conversations"], where), where, rid)]
+    if isinstance(record.get("prompt"), list) and isinstance(record.get("completion"), list):
+        return [_from_chat(record["prompt"] + record["completion"], where, rid)]
     if "instances" in record and "instruction" in record:
         instruction = _text(record, "instruction", where).strip()
         instances = record["instances"]
@@ -102,6 +116,22 @@ def examples_from_record(record: dict[str, Any], where: str) -> list[Example]:
     )
 
 
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "system": "system"}
+
+
+def _sharegpt_messages(turns: Any, where: str) -> list[dict[str, Any]]:
+    """ShareGPT's {"from", "value"} turns as chat messages."""
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise DataFileError(f"{where}: 'conversations' must be a list of objects")
+    return [
+        {
+            "role": _SHAREGPT_ROLES.get(str(t.get("from")), str(t.get("from"))),
+            "content": t.get("value"),
+        }
+        for t in turns
+    ]
+
+
 def _from_chat(messages: Any, where: str, rid: str | None) -> Example:
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise DataFileError(f"{where}: 'messages' must be a list of objects")
@@ -133,6 +163,9 @@ def _from_chat(messages: Any, where: str, rid: str | None) -> Example:
 def iter_records(path: str | Path, *, warn: Warn | None = None) -> Iterator[tuple[dict, str]]:
     """(record, "file:line") of a JSONL file or of a JSON list (Alpaca)."""
     path = Path(path)
+    if path.is_dir() or path.suffix == ".parquet":
+        yield from _parquet_records(path)
+        return
     if not path.is_file():
         raise DataFileError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -149,6 +182,21 @@ def iter_records(path: str | Path, *, warn: Warn | None = None) -> Iterator[tupl
         return
     for number, record in enumerate(iter_jsonl(path, warn=warn), start=1):
         yield record, f"{path}:{number}"
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[dict, str]]:
+    """The rows of a Parquet file, or of a dataset folder's default config, train split."""
+    files = dataset_split_files(path) if path.is_dir() else [path]
+    if not files:
+        raise DataFileError(
+            f"{path}: not a dataset folder written by 'selfinstruct export'"
+            " (no data/default/train-*.parquet)"
+        )
+    for file in files:
+        if not file.is_file():
+            raise DataFileError(f"{file}: no such file")
+        for k, record in enumerate(read_parquet(file)):
+            yield record, f"{file}: row {k}"
 
 
 def read_examples(

@@ -3,15 +3,14 @@
 It follows the paper's post-processing: parse each raw answer, drop invalid instances (output
 empty or equal to the input, input or output ending with a colon), drop a task whose instances
 give one input two outputs, remove duplicates, keep at most 5 instances a task, then encode each
-with one of the original prompt/completion templates chosen at random. It also writes the modern
-formats: OpenAI chat fine-tuning JSONL and Alpaca JSON. No model is called; a rerun rewrites the
-same files (atomically) from the same inputs.
+with one of the original prompt/completion templates chosen at random. It also writes the formats
+trainers read as they are (`formats.EXAMPLE_FORMATS`: OpenAI chat, TRL, ShareGPT, Alpaca). No
+model is called; a rerun rewrites the same files (atomically) from the same inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import re
 from collections import Counter
@@ -19,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfinstruct.formats import END_TOKEN, chat_record, encode, vary_input
-from selfinstruct.io import write_atomic, write_jsonl_atomic
+from selfinstruct.formats import END_TOKEN, EXAMPLE_FORMATS, encode, vary_input, write_examples
+from selfinstruct.io import write_jsonl_atomic
 from selfinstruct.progress import Reporter
 from selfinstruct.records import Example, SeedTask
 from selfinstruct.runfolder import RunFolder
@@ -278,7 +277,7 @@ def _write_training_files(
     end_token: str,
     dropped: Counter[str],
 ) -> tuple[list[Path], int]:
-    """The GPT-3 prompt/completion file, OpenAI chat JSONL and Alpaca JSON; and how many
+    """The GPT-3 prompt/completion file and one file per `EXAMPLE_FORMATS`; and how many
     prompt/completion records there are."""
     encoded = []
     seen_pairs: set[tuple[str, str]] = set()
@@ -299,9 +298,7 @@ def _write_training_files(
     write_jsonl_atomic(gpt3_path, encoded)
 
     examples = list(dict.fromkeys(Example(*(text.strip() for text in e.texts)) for e in training))
-    write_jsonl_atomic(out.chat_finetuning, (chat_record(*e.texts) for e in examples))
-    write_atomic(
-        out.alpaca,
-        json.dumps([e.to_dict() for e in examples], ensure_ascii=False, indent=2) + "\n",
-    )
-    return [gpt3_path, out.chat_finetuning, out.alpaca], len(encoded)
+    files = [out.example_file(fmt) for fmt in EXAMPLE_FORMATS]
+    for fmt, path in zip(EXAMPLE_FORMATS, files, strict=True):
+        write_examples(path, fmt, [e.texts for e in examples])
+    return [gpt3_path, *files], len(encoded)
