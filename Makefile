@@ -15,7 +15,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PIP) install --quiet -e '.[test,finetune]'
+	$(PIP) install --quiet -e '.[test,finetune,hub]'
 	touch $@
 
 ## demo: generate a small Self-Instruct dataset on the embedded model into runs/demo

@@ -21,7 +21,17 @@ LAYERS: list[set[str]] = [
     | {"verbs"},  # the verb/object parse: a leaf, used by the report only
     {"engine", "batchapi"},
     {"steps", "runfile", "finetune", "dedup"},
-    {"pipeline", "evaluation", "judge", "report", "review", "sweep", "decontaminate", "forecast"},
+    {
+        "pipeline",
+        "evaluation",
+        "judge",
+        "report",
+        "review",
+        "sweep",
+        "decontaminate",
+        "forecast",
+        "export",
+    },
     {"cli"},
     {"__init__"},
 ]

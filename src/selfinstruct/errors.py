@@ -8,7 +8,8 @@
     ├── ModelError                    exit 3   retrying cannot help: bad key, unknown model, ...
     ├── TransientModelError           (retried by the engine, never reaches the CLI)
     ├── BudgetExhausted               exit 4   --max-requests / --max-tokens-total reached
-    └── RunLockedError                exit 5   another process is using the run folder
+    ├── RunLockedError                exit 5   another process is using the run folder
+    └── HubError                      exit 6   the Hugging Face Hub refused an upload
 
 An interrupted command (Ctrl-C) exits 130. Whatever the error, what was accepted before it stays
 on disk and a rerun of the same command resumes.
@@ -85,3 +86,9 @@ class RunLockedError(SelfInstructError):
     """Another process is using the run folder; the message names the folder and its pid."""
 
     exit_code = 5
+
+
+class HubError(SelfInstructError):
+    """The Hugging Face Hub refused a request (bad token, no access, ...): the message says why."""
+
+    exit_code = 6

@@ -19,7 +19,7 @@ RESUME_HINT = "interrupted: everything accepted so far is saved; rerun the same 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 # One module per command group; each registers its commands on `cli` when imported.
-COMMAND_MODULES = ("generate", "data", "train", "review", "report", "sweep", "judge")
+COMMAND_MODULES = ("generate", "data", "train", "review", "report", "sweep", "judge", "export")
 
 
 @click.group(context_settings=CONTEXT)
