@@ -241,6 +241,24 @@ def test_export_replaces_an_earlier_export_but_not_another_folder(
     assert (other / "todo.txt").read_text() == "mine"
 
 
+def test_a_config_without_rows_is_left_out(run: si.RunFolder, tmp_path: Path) -> None:
+    """`datasets` cannot load an empty split: a run that rejected nothing has no `rejected`."""
+    import shutil
+
+    from huggingface_hub import DatasetCard
+
+    from selfinstruct.export import export_dataset
+
+    copy = si.RunFolder(shutil.copytree(run.path, tmp_path / "run"))
+    copy.rejected.write_text("")
+    out = export_dataset(copy, tmp_path / "ds", license="mit", figures=False).folder
+    card = DatasetCard.load(out / "README.md", repo_type="dataset")
+    configs = [c["config_name"] for c in card.data.to_dict()["configs"]]
+    assert configs == ["default", "instructions", "instances"]
+    assert "no `rejected` config" in card.text
+    assert not (out / "data" / "rejected").exists()
+
+
 def test_split_is_seeded_and_keeps_tasks_whole() -> None:
     from selfinstruct.export.tables import split_by_instruction
 

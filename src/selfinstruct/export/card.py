@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfinstruct.export.tables import ColumnType, Table
+from selfinstruct.export.tables import CONFIGS, ColumnType, Table
 from selfinstruct.steps.instances import paper_sampling
 
 PAPER_CITATION = """\
@@ -204,6 +204,10 @@ def _loading(c: CardInput) -> str:
         f"- `{t.config}` leaves out {n:,} {reason.replace('_', ' ')}"
         for t in c.tables
         for reason, n in t.notes.items()
+    ]
+    present = {t.config for t in c.tables}
+    notes += [
+        f"- no `{name}` config: the run has no such rows" for name in CONFIGS if name not in present
     ]
     return (
         "## Loading\n\n"

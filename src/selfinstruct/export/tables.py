@@ -27,6 +27,7 @@ from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps.prepare import parse_classification_instances, parse_generation_instances
 
 ColumnType = str | list[tuple[str, str]]
+CONFIGS = ("default", "instructions", "instances", "rejected")
 SIMILAR = [("instruction", "string"), ("rouge_l", "float64")]
 TRIPLE = [("instruction", "string"), ("input", "string"), ("output", "string")]
 
@@ -49,15 +50,19 @@ class Table:
 
 
 def read_tables(rf: RunFolder, *, test_size: float | None = None, seed: int = 0) -> list[Table]:
-    """Every config the run folder has data for; `default` (step 4) is required."""
-    tables = [_examples(rf, test_size, seed)]
+    """Every config the run folder has rows for; `default` (step 4) is required. `datasets`
+    cannot load an empty split, so a config without rows (no rejected candidate) is left out."""
+    default = _examples(rf, test_size, seed)
+    if not default.rows():
+        raise DataFileError(f"{rf.all_instances}: no training example to publish")
+    tables = [default]
     if rf.instructions.exists():
         tables.append(_instructions(rf))
     if rf.instances.exists() and rf.classification_files():
         tables.append(_instances(rf))
     if rf.rejected.exists():
         tables.append(_rejected(rf))
-    return tables
+    return [t for t in tables if t.rows()]
 
 
 def _examples(rf: RunFolder, test_size: float | None, seed: int) -> Table:
