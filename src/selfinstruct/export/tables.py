@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from selfinstruct.errors import ConfigError, DataFileError, MissingExtraError
 from selfinstruct.formats import dataset_file
 from selfinstruct.runfolder import RunFolder
-from selfinstruct.steps.prepare import parse_classification_instances, parse_generation_instances
+from selfinstruct.steps.prepare import labelled_tasks, parse_instances
 
 ColumnType = str | list[tuple[str, str]]
 CONFIGS = ("default", "instructions", "instances", "rejected")
@@ -158,22 +159,12 @@ def _instructions(rf: RunFolder) -> Table:
 def _instances(rf: RunFolder) -> Table:
     """Each task's instances as step 4 parses them, before its validity filters, with the
     task's classification label. Tasks step 2 did not label cannot be parsed: counted, left out."""
-    labels = rf.read_labels()
     rows: list[dict[str, Any]] = []
-    skipped = {"unlabelled_tasks": 0, "unparsable_tasks": 0}
-    seen: set[str] = set()
-    for task in rf.read_instance_generations():
-        instruction = task.get("instruction")
-        if not isinstance(instruction, str) or instruction in seen:
-            continue
-        seen.add(instruction)
-        if instruction not in labels:
-            skipped["unlabelled_tasks"] += 1
-            continue
-        clf = labels[instruction]
-        parse = parse_classification_instances if clf else parse_generation_instances
-        parsed = parse(task.get("raw_instances") or "", instruction)
-        skipped["unparsable_tasks"] += not parsed
+    skipped: Counter[str] = Counter()
+    tasks = rf.read_instance_generations()
+    for task, clf in labelled_tasks(tasks, rf.read_labels(), skipped):
+        parsed = parse_instances(task.get("raw_instances") or "", task["instruction"], clf)
+        skipped["tasks_unparsable"] += not parsed
         rows += [
             {"instruction": i, "input": x, "output": y, "is_classification": clf}
             for i, x, y in parsed

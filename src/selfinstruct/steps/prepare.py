@@ -14,7 +14,7 @@ import dataclasses
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +77,29 @@ def parse_classification_instances(raw: str, instruction: str) -> list[Example]:
     return instances
 
 
+def parse_instances(raw: str, instruction: str, is_classification: bool) -> list[Example]:
+    """A task's raw answer as instances, with the parser its step-2 label calls for."""
+    parse = parse_classification_instances if is_classification else parse_generation_instances
+    return parse(raw, instruction)
+
+
+def labelled_tasks(
+    tasks: Iterable[dict], labels: Mapping[str, bool], dropped: Counter[str]
+) -> Iterator[tuple[dict, bool]]:
+    """Each task once (its first record) with its step-2 label; a task step 2 did not label
+    cannot be parsed: counted in `dropped["tasks_unlabelled"]` and skipped."""
+    seen: set[str] = set()
+    for task in tasks:
+        instruction = task.get("instruction")
+        if not isinstance(instruction, str) or instruction in seen:
+            continue
+        seen.add(instruction)
+        if instruction not in labels:
+            dropped["tasks_unlabelled"] += 1
+            continue
+        yield task, labels[instruction]
+
+
 def invalid_reason(instance: Example) -> str | None:
     inp, out = instance.input, instance.output
     if inp == out:
@@ -106,8 +129,7 @@ def clean_task_instances(
     finish_reason: str | None,
     dropped: Counter[str],
 ) -> list[Example]:
-    parse = parse_classification_instances if is_classification else parse_generation_instances
-    instances = parse(raw, instruction)
+    instances = parse_instances(raw, instruction, is_classification)
     if not instances:
         dropped["tasks_unparsable"] += 1
         return []
@@ -229,23 +251,16 @@ def _generated_instances(
 ) -> tuple[list[Example], int]:
     """Each task's parsed, cleaned instances, at most `max_instances_per_task` of them."""
     generated: list[Example] = []
-    seen_tasks: set[str] = set()
-    for task in tasks:
-        instruction = task.get("instruction")
-        if not isinstance(instruction, str) or instruction in seen_tasks:
-            continue
-        seen_tasks.add(instruction)
-        if instruction not in labels:
-            dropped["tasks_unlabelled"] += 1
-            continue
+    for task, is_classification in labelled_tasks(tasks, labels, dropped):
         finish = finish_reason_of(task.get("instance_metadata") or {})
         instances = clean_task_instances(
-            task.get("raw_instances") or "", instruction, labels[instruction], finish, dropped
+            task.get("raw_instances") or "", task["instruction"], is_classification, finish, dropped
         )
         if len(instances) > s.max_instances_per_task:
             dropped["over_per_task_cap"] += len(instances) - s.max_instances_per_task
         generated.extend(rng.sample(instances, min(len(instances), s.max_instances_per_task)))
-    return generated, len(seen_tasks)
+    tasks_read = len({t["instruction"] for t in tasks if isinstance(t.get("instruction"), str)})
+    return generated, tasks_read
 
 
 def _apply_filters(
