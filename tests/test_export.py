@@ -352,6 +352,17 @@ def test_a_refused_token_is_one_line(run: si.RunFolder, tmp_path: Path) -> None:
     assert "wrong" not in result.stderr
 
 
+def test_an_unreachable_hub_is_one_line(run: si.RunFolder, tmp_path: Path) -> None:
+    from conftest import free_port
+
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_TOKEN": "t", "HF_HUB_OFFLINE": "0"}
+    result = _cli("export", str(run.path), "--to", "hub", "me/x", "--license", "mit",
+                  "--no-figures", "--quiet", env={**env, "HF_HOME": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 6
+    assert result.stderr.startswith("error: hub: me/x: cannot reach http://127.0.0.1:")
+    assert result.stderr.count("\n") == 1
+
+
 # --- trainers ---------------------------------------------------------------------------------
 
 

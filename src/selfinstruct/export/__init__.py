@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import ConfigError, SelfInstructError
-from selfinstruct.export.card import CardInput, SeedInfo, body, check_language, metadata
+from selfinstruct.export.card import (
+    HUB_LICENSES,
+    CardInput,
+    SeedInfo,
+    body,
+    check_language,
+    metadata,
+)
 from selfinstruct.export.hub import push_to_hub, render_card
 from selfinstruct.export.tables import Table, read_tables, write_parquet
 from selfinstruct.runfile import RunFile
@@ -82,45 +89,47 @@ def export_dataset(
     split with no instruction in both. `figures` draws the report's figures into the card.
     """
     say = progress or (lambda _m: None)
-    license = _check_license(license)
+    license = _check_license(license, say)
     rf = RunFolder.of(run)
     if not rf.path.is_dir():
         raise ConfigError(f"{rf.path}: no such run folder")
-    run_json = RunFile(rf).data
-    tables = read_tables(rf, test_size=test_size, seed=seed)
-    result = ExportResult(Path(out), _tables_rows(tables))
-    seeds, seed_file = _seed_info(rf, run_json)
-    with _staging(Path(out)) as stage:
-        sizes = {t.config: write_parquet(t, stage) for t in tables}
-        if figures:
-            result.figures = _figures(rf, stage / "figures", say)
-        config_files = _copy_record(rf, seed_file, stage, result.notes)
+    # The folder's lock: no step appends to a file while it is read, so the counts agree.
+    with rf.lock():
+        run_json = RunFile(rf).data
+        seeds, seed_file = _seed_info(rf, run_json)
         card = CardInput(
             pretty_name=pretty_name or _default_name(run_json, repo_id),
             license=license,
             languages=_languages(languages, run_json),
-            tables=tables,
-            sizes=sizes,
+            tables=read_tables(rf, test_size=test_size, seed=seed),
+            sizes={},
             run=run_json,
             seeds=seeds,
-            figures=result.figures,
             calibration=_read_json(rf.calibration_report),
-            config_files=config_files,
             repo_id=repo_id,
+            folder=None if repo_id else str(out),
         )
-        (stage / CARD_FILE).write_text(render_card(metadata(card), body(card)), encoding="utf-8")
+        result = ExportResult(Path(out), _tables_rows(card.tables))
+        with _staging(Path(out)) as stage:
+            card.sizes = {t.config: write_parquet(t, stage) for t in card.tables}
+            card.figures = result.figures = _figures(rf, stage / "figures", say) if figures else []
+            card.config_files = _copy_record(rf, seed_file, stage, result.notes)
+            text = render_card(metadata(card), body(card))
+            (stage / CARD_FILE).write_text(text, encoding="utf-8")
     return result
 
 
 # --- checks and defaults --------------------------------------------------------------------
 
 
-def _check_license(license: str | None) -> str:
+def _check_license(license: str | None, say: Progress) -> str:
     if not license or not license.strip():
         raise ConfigError(f"license: {LICENSE_NEEDED}")
     license = license.strip().lower()
     if not all(ch.isalnum() or ch in "-._" for ch in license):
         raise ConfigError(f"license: {license!r} is not a license id (e.g. cc-by-4.0, mit)")
+    if license not in HUB_LICENSES:
+        say(f"warning: license: {license!r} is not a Hub license id known here; the Hub may refuse")
     return license
 
 

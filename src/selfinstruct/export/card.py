@@ -24,6 +24,21 @@ PAPER_CITATION = """\
 }"""
 
 _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+# The license ids the Hub knew when this was written; it adds some now and then, so an id not
+# listed here is warned about, not refused (the Hub checks the card again on upload).
+HUB_LICENSES = frozenset(
+    """
+    apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
+    bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause
+    bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0
+    cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
+    cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+    cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1
+    eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl
+    mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+    llama2 llama3 llama3.1 llama3.2 llama3.3 gemma unknown other
+    """.split()
+)
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 FIGURE_TITLES = {
     "fig2_verbs": "Root verbs of the instructions and their direct objects (the paper's Figure 2)",
@@ -63,6 +78,7 @@ class CardInput:
     calibration: dict[str, Any] | None = None
     config_files: list[str] = field(default_factory=list)
     repo_id: str | None = None
+    folder: str | None = None  # where the dataset was written, for the loading example
 
 
 # --- metadata -------------------------------------------------------------------------------
@@ -194,7 +210,7 @@ def _summary(c: CardInput) -> str:
 
 
 def _loading(c: CardInput) -> str:
-    where = c.repo_id or "path/to/this/folder"
+    where = c.repo_id or c.folder or "path/to/this/folder"
     rows = []
     for t in c.tables:
         splits = ", ".join(f"{s}: {c.sizes[t.config][s]['num_examples']:,}" for s in t.splits)

@@ -111,6 +111,11 @@ def push_to_hub(
         raise HubError(f"hub: {repo_id}: {_why(e)}") from None
     except ValueError as e:  # the Hub's check of the card's metadata
         raise HubError(f"hub: {repo_id}: {' '.join(str(e).split())}") from None
+    except Exception as e:
+        if not _unreachable(e):
+            raise
+        where = hf.constants.ENDPOINT
+        raise HubError(f"hub: {repo_id}: cannot reach {where} ({type(e).__name__}: {e})") from None
     return str(url)
 
 
@@ -121,6 +126,13 @@ def _card_on_hub(api: Any, hf: Any, repo_id: str) -> str | None:
     except (hf.errors.EntryNotFoundError, hf.errors.RepositoryNotFoundError):
         return None
     return Path(path).read_text("utf-8")
+
+
+def _unreachable(error: Exception) -> bool:
+    """A connection that failed below HTTP: an OSError, or the HTTP client's own error class
+    (huggingface_hub's client library has changed over versions, so it is told by module)."""
+    module = type(error).__module__.split(".")[0]
+    return isinstance(error, OSError) or module.startswith(("httpx", "httpcore", "requests"))
 
 
 def _why(error: Any) -> str:
