@@ -62,16 +62,16 @@ def _answer(counter: iter) -> callable:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, scripted_model) -> si.RunFolder:
+def run(tmp_path_factory: pytest.TempPathFactory) -> si.RunFolder:
     """A real run of the four steps on a scripted model, then judged in part and prepared again
     with an evaluation set that one instruction copies (so it is decontaminated)."""
     folder = tmp_path_factory.mktemp("run")
     counter = iter(range(10_000))
-    with si.Pipeline(folder, scripted_model(_answer(counter)), price=(1, 2)) as p:
+    with si.Pipeline(folder, si.ScriptedModel(_answer(counter)), price=(1, 2)) as p:
         p.run(num_instructions=N_INSTRUCTIONS, include_seed_tasks=False)
     rf = si.RunFolder(folder)
     examples = [json.loads(x) for x in rf.all_instances.read_text().splitlines()]
-    with open(rf.judgments, "w") as f:
+    with open(rf.judgments_file, "w") as f:
         for i, e in enumerate(examples[::2]):
             key = example_key(e["instruction"], e["input"], e["output"])
             f.write(json.dumps({"key": key, "rating": "ABCD"[i % 4], "model": "judge"}) + "\n")
@@ -80,13 +80,6 @@ def run(tmp_path_factory: pytest.TempPathFactory, scripted_model) -> si.RunFolde
     eval_set.write_text(json.dumps(item) + "\n")
     si.Pipeline(folder).prepare(decontaminate=[eval_set])
     return rf
-
-
-@pytest.fixture(scope="module")
-def scripted_model():
-    from conftest import ScriptedModel
-
-    return ScriptedModel
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -34,8 +34,7 @@ from selfinstruct.export.card import (
 )
 from selfinstruct.export.hub import push_to_hub, render_card
 from selfinstruct.export.tables import Table, read_tables, write_parquet
-from selfinstruct.runfile import RunFile
-from selfinstruct.runfolder import RunFolder
+from selfinstruct.runfolder import RunFolder, RunRecord
 
 __all__ = ["LICENSE_NEEDED", "ExportResult", "export_dataset", "push_to_hub"]
 
@@ -95,8 +94,9 @@ def export_dataset(
         raise ConfigError(f"{rf.path}: no such run folder")
     # The folder's lock: no step appends to a file while it is read, so the counts agree.
     with rf.lock():
-        run_json = RunFile(rf).data
-        seeds, seed_file = _seed_info(rf, run_json)
+        record = rf.run_record()
+        run_json = record.data
+        seeds, seed_file = _seed_info(record)
         card = CardInput(
             pretty_name=pretty_name or _default_name(run_json, repo_id),
             license=license,
@@ -159,18 +159,18 @@ def _default_name(run_json: dict[str, Any], repo_id: str | None) -> str:
     return f"Self-Instruct data from {model}" if model else "Self-Instruct data"
 
 
-def _seed_info(rf: RunFolder, run_json: dict[str, Any]) -> tuple[SeedInfo, Path | None]:
+def _seed_info(record: RunRecord) -> tuple[SeedInfo, Path | None]:
     """The seed tasks the run was made from, and their file when it is not the built-in set."""
     from selfinstruct import seeds
 
-    recorded = ((run_json.get("config") or {}).get("instructions") or {}).get("seed_tasks")
-    if not run_json.get("steps", {}).get("instructions"):
+    if "instructions" not in (record.steps or {}):
         return SeedInfo("seed tasks the run folder does not record", "unknown"), None
+    recorded = record.seed_file
     if not recorded:
         tasks = seeds.default()
         info = SeedInfo("the built-in seed tasks of selfinstruct", BUILT_IN_SEEDS_LICENSE)
         return _with_tasks(info, tasks), None
-    path = next((p for p in (Path(recorded), rf.path / recorded) if p.is_file()), None)
+    path = record.find_seed_file()
     info = SeedInfo(
         f"the seed file `{Path(recorded).name}`",
         "that of the seed file's authors (not recorded by the run); the paper's own 175 seed"

@@ -67,7 +67,7 @@ def read_tables(rf: RunFolder, *, test_size: float | None = None, seed: int = 0)
 
 
 def _examples(rf: RunFolder, test_size: float | None, seed: int) -> Table:
-    records = rf.read_examples()
+    records = [e.to_dict() for e in rf.read_examples()]
     columns: list[tuple[str, ColumnType]] = list(TRIPLE)
     columns += _extra_columns(records, {name for name, _ in TRIPLE})
     rows = [{name: _cell(r.get(name), kind) for name, kind in columns} for r in records]
@@ -166,8 +166,13 @@ def _instances(rf: RunFolder) -> Table:
         parsed = parse_instances(task.get("raw_instances") or "", task["instruction"], clf)
         skipped["tasks_unparsable"] += not parsed
         rows += [
-            {"instruction": i, "input": x, "output": y, "is_classification": clf}
-            for i, x, y in parsed
+            {
+                "instruction": e.instruction,
+                "input": e.input,
+                "output": e.output,
+                "is_classification": clf,
+            }
+            for e in parsed
         ]
     columns = [*TRIPLE, ("is_classification", "bool")]
     table = Table("instances", "the parsed instances (step 3)", columns, {"train": rows})
