@@ -302,6 +302,10 @@ class _Query:
         self.complete = complete  # every token known to the index (so ids are exact)
 
 
+def _ids_of(code: str | list[int]) -> list[int]:
+    return list(map(ord, code)) if isinstance(code, str) else code
+
+
 def _elements(ids: Sequence[int]) -> list[int]:
     """The multiset of token ids as distinct keys: k-th occurrence of t -> t | (k << shift)."""
     if len(set(ids)) == len(ids):
@@ -322,9 +326,10 @@ class _Postings:
     read, so adding a text costs a few list appends and reading a posting is a slice.
     """
 
-    __slots__ = ("arrays", "pending", "sizes")
+    __slots__ = ("arrays", "dtype", "pending", "sizes")
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: type = np.int32) -> None:
+        self.dtype = dtype
         self.arrays: dict[int, np.ndarray] = {}
         self.pending: dict[int, list[int]] = {}
         self.sizes: dict[int, int] = {}  # document frequency, pending appends included
@@ -346,12 +351,220 @@ class _Postings:
         start = size - len(waiting)
         arr = self.arrays.get(elem)
         if arr is None or arr.shape[0] < size:
-            grown = np.empty(max(4, 2 * size), dtype=np.int32)
+            grown = np.empty(max(4, 2 * size), dtype=self.dtype)
             if arr is not None:
                 grown[:start] = arr[:start]
             arr = self.arrays[elem] = grown
         arr[start:size] = waiting
         return arr[:size]
+
+
+# A prefix-index entry is (position << _J_BITS) | the element's rank in its text's order.
+_J_BITS = 16
+_J_MASK = (1 << _J_BITS) - 1
+_UNRANKED = 1 << 62  # elements first seen after the last re-ranking sort before all others
+_PREFIX_MIN_TEXTS = 32_768  # below this, whole postings are as fast (measured: even near 50K)
+_PREFIX_BLOCK_MIN_TEXTS = 65_536  # the same for blocks of queries (``greedy_dedup``)
+_J_BUCKETS = 32  # postings are kept apart by the element's rank in its text, up to 31
+_need_tables: dict[tuple[int, float], np.ndarray] = {}
+_limits: dict[tuple[int, float, int, int], tuple[np.ndarray, list[int]]] = {}
+
+
+def _probe_limits(m: int, tt: float, lo: int, hi: int) -> tuple[np.ndarray, list[int]]:
+    """``(need, reach)`` for an m-token query: ``need`` as ``_need_table``; ``reach[i]`` the
+    highest rank j an element can have in a text of a passing length (lo..hi) and still be the
+    first common element when it has rank i in the query (both prefix bounds: need <= m - i
+    and need <= n - j), -1 when there is no such length."""
+    key = (m, tt, lo, hi)
+    hit = _limits.get(key)
+    if hit is not None:
+        return hit
+    need = _need_table(m, tt, hi)
+    ns = np.arange(lo, hi + 1)
+    room = ns - need[lo : hi + 1]
+    reach = []
+    for i in range(m + 1):
+        ok = need[lo : hi + 1] <= m - i
+        reach.append(int(room[ok].max()) if ok.any() else -1)
+    if len(_limits) >= 4096:
+        _limits.clear()
+    _limits[key] = out = (need, reach)
+    return out
+
+
+def _need_table(m: int, tt: float, top: int) -> np.ndarray:
+    """``need[n]`` for n in 0..top: the least token overlap L >= 1 for which an m-token and an
+    n-token text can have ``2 * L > tt * (m + n)`` (F1 = 2L/(m+n) must exceed the threshold);
+    the very floating-point test applied to candidates, so the two agree exactly."""
+    key = (m, tt)
+    table = _need_tables.get(key)
+    if table is None or table.shape[0] <= top:
+        size = max(top + 1, 64)
+        bound = tt * (m + np.arange(size, dtype=np.float64))
+        need = np.maximum(np.floor(bound / 2.0).astype(np.int64) + 1, 1)
+        # Correct any rounding of the division by one step either way.
+        need += ~(2.0 * need > bound)
+        lower = need - 1
+        need -= (lower >= 1) & (2.0 * lower > bound)
+        if len(_need_tables) >= 4096:
+            _need_tables.clear()
+        table = _need_tables[key] = need
+    return table
+
+
+class _PrefixIndex:
+    """The prefix filter of set-similarity joins (PPJoin), length- and position-aware, for
+    queries at thresholds >= ``floor``.
+
+    Elements are put in one global order (rarest first, by document frequency when last
+    re-ranked; elements seen only since then first of all). If an m-token and an n-token
+    text share L >= need elements, their first common element in that order sits among the
+    first ``m - need + 1`` of one and the first ``n - need + 1`` of the other, with at most
+    ``min(m - 1 - i, n - 1 - j)`` common elements after it (i, j its ranks). So a text is
+    indexed under its first ``n - need_min(n) + 1`` elements only, rarely the common words,
+    and a query reads only the postings of its own first few elements, keeping the entries
+    that pass both prefix bounds and the positional bound. Re-ranked (rebuilt) each time the
+    collection doubles, so the work per query stays about flat as a pool grows.
+    """
+
+    def __init__(self, floor: float) -> None:
+        self.floor = floor
+        self.rank: dict[int, int] = {}
+        # (element, rank in its text) -> entries, in plain lists: most are short, and one
+        # list built from several costs less than as many array views.
+        self.post: dict[int, list[int]] = {}
+        # The texts indexed at the last re-ranking, all at once, in sorted arrays: the
+        # distinct keys, where each key's entries start (one more at the end), the entries.
+        self.base_keys = _EMPTY_I64
+        self.base_starts = np.zeros(1, dtype=np.int64)
+        self.base_entries = _EMPTY_I64
+        self.size = 0  # texts indexed
+        self.ranked_at = 0  # collection size at the last re-ranking
+
+    def _order(self, elems: Sequence[int]) -> list[int]:
+        rank = self.rank
+        return sorted(elems, key=lambda e: rank.get(e, e - _UNRANKED))
+
+    def add(self, pos: int, elems: Sequence[int]) -> None:
+        n = len(elems)
+        keep = n - _min_overlap(n, self.floor) + 1
+        post = self.post
+        for j, e in enumerate(self._order(elems)[:keep]):
+            key = e * _J_BUCKETS + min(j, _J_BUCKETS - 1)
+            entry = (pos << _J_BITS) | min(j, _J_MASK)
+            bucket = post.get(key)
+            if bucket is None:
+                post[key] = [entry]
+            else:
+                bucket.append(entry)
+        self.size = pos + 1
+
+    def rebuild(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
+        """Re-rank by document frequency and index texts 0..count-1 again, in a few sorts."""
+        n_tok = lens[:count].astype(np.int64)
+        parts = codes[:count].tolist()
+        if any(not isinstance(c, str) for c in parts):  # ids beyond code points: rare
+            ids = np.fromiter((t for c in parts for t in _ids_of(c)), dtype=np.int64)
+        else:
+            ids = np.frombuffer("".join(parts).encode("utf-32-le"), dtype=np.uint32)
+        ids = ids.astype(np.int64)
+        total = ids.size
+        doc = np.repeat(np.arange(count, dtype=np.int64), n_tok)
+        step = np.arange(total, dtype=np.int64)
+        # The k-th occurrence of a token in its text is the element id | k << _OCC_SHIFT.
+        order = np.lexsort((ids, doc))
+        sd, si = doc[order], ids[order]
+        fresh = np.ones(total, dtype=bool)
+        fresh[1:] = (sd[1:] != sd[:-1]) | (si[1:] != si[:-1])
+        occurrence = step - np.maximum.accumulate(np.where(fresh, step, 0))
+        elem = np.empty(total, dtype=np.int64)
+        elem[order] = si | (occurrence << _OCC_SHIFT)
+        # Rank: by document frequency (each element is in a text at most once), then id.
+        distinct, inverse, df = np.unique(elem, return_inverse=True, return_counts=True)
+        rank_of = np.empty(distinct.size, dtype=np.int64)
+        rank_of[np.lexsort((distinct, df))] = np.arange(distinct.size, dtype=np.int64)
+        self.rank = dict(zip(distinct.tolist(), rank_of.tolist(), strict=True))
+        # Each text's elements in rank order; keep its prefix.
+        by_rank = np.lexsort((rank_of[inverse.ravel()], doc))
+        d2, e2 = doc[by_rank], elem[by_rank]
+        j = step - (np.cumsum(n_tok) - n_tok)[d2]
+        top = int(n_tok.max()) if count else 0
+        keep = np.array([n - _min_overlap(n, self.floor) + 1 for n in range(top + 1)])
+        sel = j < keep[n_tok[d2]]
+        d2, e2, j = d2[sel], e2[sel], j[sel]
+        keys = e2 * _J_BUCKETS + np.minimum(j, _J_BUCKETS - 1)
+        entries = (d2 << _J_BITS) | np.minimum(j, _J_MASK)
+        by_key = np.lexsort((d2, keys))
+        keys, self.base_entries = keys[by_key], entries[by_key]
+        self.base_keys, starts = np.unique(keys, return_index=True)
+        self.base_starts = np.append(starts, keys.size).astype(np.int64)
+        self.post = {}
+        self.size = self.ranked_at = count
+
+    def candidates(self, q: _Query, threshold: float, lens: np.ndarray) -> np.ndarray:
+        """Ascending positions of the texts that may have F1 > ``threshold`` (>= floor) with
+        ``q``; every text that does is among them."""
+        m = q.m
+        tt = threshold - _SLACK
+        lo, hi = _band(m, m, tt)
+        if m == 0 or lo > hi:
+            return _EMPTY_I64
+        need, reach = _probe_limits(m, tt, lo, hi)
+        first = m - len(q.elems)  # tokens unknown to the index come first (they match none)
+        post = self.post
+        found: list[int] = []
+        ranks: list[int] = []
+        keys: list[int] = []
+        key_ranks: list[int] = []
+        for i, e in enumerate(self._order(q.elems), start=first):
+            # Texts holding e at rank j can pass only where j <= reach[i] (-1: none at all).
+            if reach[i] < 0:
+                break
+            base = e * _J_BUCKETS
+            for key in range(base, base + min(reach[i], _J_BUCKETS - 1) + 1):
+                keys.append(key)
+                key_ranks.append(i)
+                bucket = post.get(key)
+                if bucket is not None:
+                    found += bucket
+                    ranks += [i] * len(bucket)
+        entries = np.array(found, dtype=np.int64)
+        ii = np.array(ranks, dtype=np.int64)
+        if self.base_keys.size and keys:
+            base_e, base_i = self._from_base(keys, key_ranks)
+            entries = np.concatenate((entries, base_e))
+            ii = np.concatenate((ii, base_i))
+        if entries.size == 0:
+            return _EMPTY_I64
+        pos = entries >> _J_BITS
+        jj = entries & _J_MASK
+        n = lens[pos].astype(np.int64)
+        nd = need[np.minimum(n, hi)]
+        ok = (n >= lo) & (n <= hi) & (ii <= m - nd) & (jj <= n - nd)
+        pos, ii, jj, n, nd = pos[ok], ii[ok], jj[ok], n[ok], nd[ok]
+        if pos.size == 0:
+            return _EMPTY_I64
+        # A text's entry of lowest query rank is its first common element.
+        by_pos = np.lexsort((ii, pos))
+        sp = pos[by_pos]
+        at = by_pos[np.flatnonzero(np.concatenate(([True], sp[1:] != sp[:-1])))]
+        ub = 1 + np.minimum(m - 1 - ii[at], n[at] - 1 - jj[at])
+        return pos[at[ub >= nd[at]]]
+
+    def _from_base(self, keys: list[int], key_ranks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The base arrays' entries under ``keys``, and the query rank of each."""
+        wanted = np.array(keys, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.base_keys, wanted), self.base_keys.size - 1)
+        hit = self.base_keys[at] == wanted
+        at = at[hit]
+        lo, hi = self.base_starts[at], self.base_starts[at + 1]
+        width = hi - lo
+        total = int(width.sum())
+        if total == 0:
+            return _EMPTY_I64, _EMPTY_I64
+        idx = np.arange(total, dtype=np.int64) + np.repeat(lo - (np.cumsum(width) - width), width)
+        ranks = np.repeat(np.array(key_ranks, dtype=np.int64)[hit], width)
+        return self.base_entries[idx], ranks
 
 
 _POS_MASK = (1 << 32) - 1
@@ -413,6 +626,7 @@ class RougeLIndex:
         self._lens = np.zeros(64, dtype=np.int32)
         self._max_len = 0
         self._post = _Postings()
+        self._prefixes: dict[float, _PrefixIndex] = {}  # by floor threshold, built on demand
         self._cache_key: str | None = None
         self._cache_val: _Query | None = None
         self.add_many(texts)
@@ -474,6 +688,8 @@ class RougeLIndex:
         add = self._post.add
         for elem in q.elems:
             add(elem, pos)
+        for prefix in self._prefixes.values():
+            prefix.add(pos, q.elems)
         self._cache_key = None
         return pos
 
@@ -538,6 +754,39 @@ class RougeLIndex:
             return np.zeros(n, dtype=np.int64)
         return np.bincount(np.concatenate(views), minlength=n)
 
+    def _prefix_for(self, threshold: float) -> _PrefixIndex | None:
+        """A prefix index good for queries at ``threshold`` (its floor at or below it), made or
+        re-ranked as needed; None where the whole-posting path serves as well."""
+        n = len(self._texts)
+        if n < _PREFIX_MIN_TEXTS or not threshold >= 0:
+            return None
+        prefix = self._prefixes.get(threshold)
+        if prefix is None and len(self._prefixes) < 3:
+            prefix = self._prefixes[threshold] = _PrefixIndex(threshold)
+        elif prefix is None:  # any built for a lower threshold will do
+            floors = [f for f in self._prefixes if f <= threshold]
+            if not floors:
+                return None
+            prefix = self._prefixes[max(floors)]
+        if 2 * prefix.ranked_at <= n:
+            prefix.rebuild(self._codes, self._lens, n)
+        return prefix
+
+    def _above(self, q: _Query, threshold: float, before: int | None = None):
+        """(positions, F1) of the texts with F1 > threshold >= 0 (positions ascending, only
+        those < ``before`` if given), through the prefix index; None when it is not used."""
+        prefix = self._prefix_for(threshold)
+        if prefix is None:
+            return None
+        cands = prefix.candidates(q, threshold, self._lens)
+        if before is not None:
+            cands = cands[: np.searchsorted(cands, before)]
+        if cands.size == 0:
+            return _EMPTY_I64, _EMPTY_F64
+        f1 = _f1_array(self._lcs(q.code, cands), q.m, self._lens[cands])
+        sel = f1 > threshold
+        return cands[sel], f1[sel]
+
     def _plan(self, q: _Query, threshold: float) -> tuple[list[int], int] | None:
         """Which of ``q``'s occurrences to look up to find every text with F1 > threshold >= 0.
 
@@ -591,6 +840,11 @@ class RougeLIndex:
                 np.concatenate([p[1] for p in parts]),
                 np.concatenate([p[2] for p in parts]),
             )
+        # Batched whole postings beat the prefix index's query-by-query work on blocks until
+        # the collection is large (measured: about even at 50K texts).
+        prefix = self._prefix_for(threshold) if n_docs >= _PREFIX_BLOCK_MIN_TEXTS else None
+        if prefix is not None:
+            return self._probe_block_prefix(prefix, queries, threshold)
         if plans is None:
             plans = [self._plan(q, threshold) for q in queries]
         tt = threshold - _SLACK
@@ -669,6 +923,26 @@ class RougeLIndex:
         sel = f1 > threshold
         return qn[sel], pos[sel], f1[sel]
 
+    def _probe_block_prefix(
+        self, prefix: _PrefixIndex, queries: Sequence[_Query], threshold: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_probe_block`` through the prefix index: candidates query by query, one LCS
+        batch for the block."""
+        lens_all = self._lens
+        found = [prefix.candidates(q, threshold, lens_all) for q in queries]
+        counts = np.fromiter((f.shape[0] for f in found), dtype=np.int64, count=len(found))
+        if counts.sum() == 0:
+            return _EMPTY_I64, _EMPTY_I64, _EMPTY_F64
+        qn = np.repeat(np.arange(len(queries), dtype=np.int64), counts)
+        pos = np.concatenate(found)
+        m = np.fromiter((q.m for q in queries), dtype=np.int64, count=len(queries))[qn]
+        lcs = _lcs_pairs(
+            _code_array(queries)[qn], self._codes[pos], self._cdist_workers(4 * qn.size)
+        )
+        f1 = _f1_array(lcs, m, lens_all[pos])
+        sel = f1 > threshold
+        return qn[sel], pos[sel], f1[sel]
+
     def _probe(self, q: _Query, threshold: float, *, first_only: bool) -> tuple[float, int]:
         """Best F1 > threshold over the index and its position (lowest on ties), or (-1.0, -1)
         when none. With ``first_only`` it returns as soon as one text is above the threshold
@@ -682,6 +956,13 @@ class RougeLIndex:
             scores = self._scores_q(q)
             best = int(np.argmax(scores))
             return float(scores[best]), best
+        found = self._above(q, threshold)
+        if found is not None:
+            pos, f1 = found
+            if pos.size == 0:
+                return -1.0, -1
+            best = int(np.argmax(f1))  # positions ascend, so ties go to the lowest
+            return float(f1[best]), int(pos[best])
         plan = self._plan(q, threshold)
         if plan is None:
             return -1.0, -1
@@ -827,6 +1108,82 @@ class RougeLIndex:
         for row, q in enumerate(queries):
             out[row] = _f1_array(lcs[row], q.m, lens)
         return out
+
+    def pool_similarity(
+        self, items: Sequence[tuple[str, int]], k: int = 10
+    ) -> list[tuple[list[tuple[int, float]], float]]:
+        """For each ``(text, before)``: the ``k`` indexed texts at positions < ``before`` most
+        similar to ``text`` (``(position, F1)``, best first, ties to the lower position) and
+        the mean F1 of ``text`` over positions < ``before`` (0.0 when there are none): the
+        ``most_similar`` and ``avg_similarity_score`` of a bootstrap record.
+
+        Both are exact, as comparing with every text gives them, while ``before`` is at most
+        ``MEAN_EXACT_UP_TO``. Beyond it, where exact figures would cost an LCS with every
+        pool text for each kept one: the mean is taken over ``MEAN_SAMPLE`` evenly spaced
+        positions (a systematic sample; standard error about 0.002 for instruction pools),
+        and the top ``k`` holds, exactly, every text with F1 > ``NEAR_FLOOR`` (found through
+        the prefix index) best first; only when fewer than ``k`` are that close is it
+        completed with the best of the sampled texts (then the tail may miss a text between
+        the sample's best and ``NEAR_FLOOR``).
+        """
+        small = [i for i, (_, before) in enumerate(items) if before <= MEAN_EXACT_UP_TO]
+        out: list[tuple[list[tuple[int, float]], float]] = [([], 0.0)] * len(items)
+        if small:
+            rows = self.scores_many([items[i][0] for i in small])
+            for i, row in zip(small, rows, strict=True):
+                scores = row[: items[i][1]]
+                mean = float(scores.mean()) if len(scores) else 0.0
+                top = _top_positions(scores, k)
+                out[i] = ([(int(p), float(scores[p])) for p in top], mean)
+        for i, (text, before) in enumerate(items):
+            if before > MEAN_EXACT_UP_TO:
+                out[i] = self._large_pool_figures(self._encode_tokens(self._split(text)), k, before)
+        return out
+
+    def _large_pool_figures(
+        self, q: _Query, k: int, before: int
+    ) -> tuple[list[tuple[int, float]], float]:
+        """``pool_similarity``'s figures past ``MEAN_EXACT_UP_TO``: (top k, sampled mean)."""
+        if before <= MEAN_SAMPLE:
+            sample = np.arange(before, dtype=np.int64)
+        else:
+            sample = np.arange(MEAN_SAMPLE, dtype=np.int64) * before // MEAN_SAMPLE
+        sample_f1 = _f1_array(self._lcs(q.code, sample), q.m, self._lens[sample])
+        mean = float(sample_f1.mean()) if sample.size else 0.0
+        found = self._above(q, NEAR_FLOOR, before)
+        if found is None:  # no prefix index (a small collection): the exact top k
+            later = len(self._texts) - before  # texts indexed after ``before``: left out
+            top = [(p, f) for p, f in self._top_k_q(q, k + later) if p < before][:k]
+            return top, mean
+        pos, f1 = found
+        if pos.size < k:  # complete from the sample (texts above the floor are all in found)
+            low = sample_f1 <= NEAR_FLOOR
+            pos = np.concatenate((pos, sample[low]))
+            f1 = np.concatenate((f1, sample_f1[low]))
+            pos, first = np.unique(pos, return_index=True)  # a sample may repeat no position
+            f1 = f1[first]
+        order = np.lexsort((pos, -f1))[:k]
+        return [(int(pos[i]), float(f1[i])) for i in order], mean
+
+
+# Where ``pool_similarity`` switches from the exact mean to a sampled one, and the sample size.
+MEAN_EXACT_UP_TO = 50_000
+MEAN_SAMPLE = 2048
+# Past MEAN_EXACT_UP_TO, the top 10 is exact among texts above this F1 (and sampled below).
+NEAR_FLOOR = 0.4
+
+
+def _top_positions(scores: np.ndarray, k: int) -> np.ndarray:
+    """The first k positions of a stable sort by descending score (ties: earlier first),
+    found without sorting the whole array."""
+    n = len(scores)
+    if n <= k:
+        return np.lexsort((np.arange(n), -scores))
+    kth = np.partition(scores, n - k)[n - k]  # the k-th highest score
+    above = np.flatnonzero(scores > kth)  # fewer than k
+    above = above[np.lexsort((above, -scores[above]))]
+    ties = np.flatnonzero(scores == kth)[: k - len(above)]
+    return np.concatenate((above, ties))
 
 
 def _check_threshold(threshold: float) -> None:

@@ -40,8 +40,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from selfinstruct.engine import WAIT, Request, RequestFailed
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
@@ -403,40 +401,17 @@ def _records(
 ) -> list[MachineInstruction]:
     """The records of instructions just added to the index, each scored against the pool as it
     was when that instruction was accepted (every position before its own)."""
-    if not accepted:
-        return []
-    rows = np.asarray(index.scores_many([a[0] for a in accepted]), dtype=float)
-    records = []
-    for row, (candidate, position, metadata, request_idx, candidate_idx) in zip(
-        rows, accepted, strict=True
-    ):
-        scores = row[:position]
-        # The 10 most similar, best first; ties go to the earlier instruction, as top_k does.
-        order = _top_positions(scores, 10)
-        records.append(
-            MachineInstruction(
-                instruction=candidate,
-                most_similar={index.text(int(i)): float(scores[i]) for i in order},
-                avg_similarity_score=float(scores.mean()) if len(scores) else 0.0,
-                metadata=metadata,
-                request_idx=request_idx,
-                candidate_idx=candidate_idx,
-            )
+    found = index.pool_similarity([(a[0], a[1]) for a in accepted], k=10)
+    return [
+        MachineInstruction(
+            instruction=candidate,
+            most_similar={index.text(p): f for p, f in top},
+            avg_similarity_score=mean,
+            metadata=metadata,
+            request_idx=request_idx,
+            candidate_idx=candidate_idx,
         )
-    return records
-
-
-def _top_positions(scores: np.ndarray, k: int) -> np.ndarray:
-    """The first k positions of a stable sort by descending score (ties: earlier first).
-
-    Found without sorting the whole pool: a full sort per accepted instruction cost more than
-    the scoring itself once the pool held tens of thousands of instructions.
-    """
-    n = len(scores)
-    if n <= k:
-        return np.lexsort((np.arange(n), -scores))
-    kth = np.partition(scores, n - k)[n - k]  # the k-th highest score
-    above = np.flatnonzero(scores > kth)  # fewer than k
-    above = above[np.lexsort((above, -scores[above]))]
-    ties = np.flatnonzero(scores == kth)[: k - len(above)]
-    return np.concatenate((above, ties))
+        for (candidate, _, metadata, request_idx, candidate_idx), (top, mean) in zip(
+            accepted, found, strict=True
+        )
+    ]
