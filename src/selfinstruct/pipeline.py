@@ -461,7 +461,7 @@ class Pipeline:
         recorded = self._identity().defaults(step)
         names = {f.name for f in dataclasses.fields(cls)}
         check_settings(cls, given)  # a misspelled setting stops here, before any model call
-        return make_settings(cls, **{k: v for k, v in recorded.items() if k in names}, **given)
+        return make_settings(cls, **{**{k: v for k, v in recorded.items() if k in names}, **given})
 
     def _proposed(self, plan: dict[str, Any]) -> dict[str, Any]:
         """The identity these steps would run under."""
