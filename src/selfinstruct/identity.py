@@ -37,6 +37,7 @@ STEP_FIELDS: dict[str, tuple[str, ...]] = {
         "classification_only",
         "similarity_threshold",
         "lowercase_rest",
+        "lag",  # prompt i is built from the pool as it stood after request i - lag
         "sampling",
     ),
     "classify": ("lenient_labels", "sampling"),
