@@ -46,6 +46,7 @@ PUBLIC = {
     "Pipeline",
     "RougeLIndex",
     "RunFolder",
+    "RunIdentityError",
     "RunLockedError",
     "Sampling",
     "SeedFileError",

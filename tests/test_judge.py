@@ -278,6 +278,28 @@ def test_unreadable_answers_are_counted_written_and_asked_again(tmp_path, script
     assert report.complete and len(load_ratings(rf)) == 6
 
 
+def test_an_example_the_judge_never_rates_is_given_up_after_a_set_number(tmp_path, scripted):
+    rf = make_run(tmp_path, 4)
+
+    def refuses_one(prompt: str) -> str:
+        return "I cannot rate this." if task_number(prompt) == 1 else by_number(prompt)
+
+    settings = JudgeSettings(max_unreadable=2)
+    first = judge_run(context(scripted(refuses_one)), rf, settings)
+    assert not first.complete  # one unreadable answer: worth asking again
+    infos: list[str] = []
+    ctx = context(scripted(refuses_one))
+    ctx.reporter.info = infos.append  # type: ignore[method-assign]
+    second = judge_run(ctx, rf, settings)
+    assert second.complete  # nothing left worth asking: no rerun advised
+    assert second.counts["unrated"] == 1
+    assert second.counts["unrated_given_up_no_rating"] == 1
+    assert any("not asked again" in m for m in infos)
+    third = scripted(refuses_one)
+    judge_run(context(third), rf, settings)
+    assert third.prompts == []  # given up: not asked a third time
+
+
 def test_request_failures_are_counted_by_reason_and_left_unrated(tmp_path, scripted):
     rf = make_run(tmp_path, 6)
 

@@ -15,12 +15,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "selfinstruct"
 
 # Lowest first. A module not listed here fails the test, so that a new one is placed on purpose.
 LAYERS: list[set[str]] = [
-    {"errors", "io", "records"},
+    {"errors", "io", "records", "validation"},
     {"models", "similarity", "filters", "prompts", "formats", "runfolder", "progress", "seeds"}
     | {"language"}  # the tokenizer for every script, detection, per-language settings
     | {"verbs"},  # the verb/object parse: a leaf, used by the report only
     {"engine", "batchapi"},
-    {"steps", "runfile", "finetune", "dedup"},
+    {"steps", "runfile", "identity", "finetune", "dedup"},
     {
         "pipeline",
         "evaluation",

@@ -98,7 +98,9 @@ def test_min_rating_keeps_only_well_rated_examples(tmp_path: Path) -> None:
             f.write(json.dumps({"key": example_key(i, x, o), "rating": rating, "model": "j"}))
             f.write("\n")
     report = si.Pipeline(rf).prepare(min_rating="B", decontaminate=[])
-    kept = [json.loads(x) for x in rf.all_instances.read_text().splitlines()]
+    # all_generated_instances.jsonl stays whole (the judge's input); the kept ones have a file.
+    assert len(rf.all_instances.read_text().splitlines()) == len(TASKS)
+    kept = [json.loads(x) for x in rf.rated_instances.read_text().splitlines()]
     assert [(r["instruction"], r["rating"]) for r in kept] == [
         (TASKS[0][0], "A"),
         (TASKS[1][0], "B"),

@@ -3,8 +3,8 @@ al. 2022), on any model, then fine-tune on it, evaluate it and look at it.
 
     import selfinstruct as si
 
-    run = si.Pipeline(out="runs/x", model="openai:gpt-4o-mini", seeds=si.seeds.default())
-    run.run(num_instructions=100)            # or the four steps one by one
+    with si.Pipeline(out="runs/x", model="openai:gpt-4o-mini", seeds=si.seeds.default()) as run:
+        run.run(num_instructions=100)        # or the four steps one by one
     si.rouge_l("a b c", "a c").fmeasure       # the similarity the filter uses
     si.evaluate("local", "tasks.jsonl", "predictions.jsonl")
 
@@ -28,6 +28,7 @@ from selfinstruct.errors import (
     TransientModelError,
 )
 from selfinstruct.evaluation import EvalResult, Scores, evaluate
+from selfinstruct.identity import RunIdentityError
 from selfinstruct.judge import JudgeSettings
 from selfinstruct.models import Completion, Model, ModelInfo, Sampling, load_model
 from selfinstruct.models.scripted import ScriptedModel
@@ -68,6 +69,7 @@ __all__ = [
     "Rating",
     "RougeLIndex",
     "RunFolder",
+    "RunIdentityError",
     "RunLockedError",
     "RunRecord",
     "Sampling",

@@ -24,6 +24,7 @@ from typing import Any
 
 from selfinstruct.errors import ModelError, TransientModelError
 from selfinstruct.models.base import Completion, Model, Sampling, Usage
+from selfinstruct.validation import check_values
 
 
 @dataclass
@@ -43,6 +44,21 @@ class EngineSettings:
     tokens_per_minute: float | None = None
     max_requests: int | None = None  # attempts, across the run
     max_tokens_total: int | None = None  # prompt + completion tokens, across the run
+
+    def __post_init__(self) -> None:
+        check_values(
+            self,
+            {
+                "concurrency": (1, None),
+                "max_attempts": (1, None),
+                "backoff_base": (0, None),
+                "backoff_max": (0, None),
+                "requests_per_minute": (0, None),
+                "tokens_per_minute": (0, None),
+                "max_requests": (0, None),
+                "max_tokens_total": (0, None),
+            },
+        )
 
 
 @dataclass

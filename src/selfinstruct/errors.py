@@ -2,6 +2,8 @@
 
     SelfInstructError                 exit 1   anything this package raises on purpose
     ├── ConfigError                   exit 2   a bad option or configuration value
+    │   └── RunIdentityError          exit 2   a rerun with other data-changing settings
+    │                                          (in identity.py: it carries the differences)
     ├── SeedFileError                 exit 2   a seed file: names file, line and field
     ├── DataFileError                 exit 2   a pipeline file malformed beyond a torn last line
     ├── MissingExtraError             exit 2   an optional dependency group is not installed
@@ -11,8 +13,8 @@
     ├── RunLockedError                exit 5   another process is using the run folder
     └── HubError                      exit 6   the Hugging Face Hub refused an upload
 
-An interrupted command (Ctrl-C) exits 130. Whatever the error, what was accepted before it stays
-on disk and a rerun of the same command resumes.
+An interrupted command exits 130 (Ctrl-C) or 143 (SIGTERM). Whatever the error, what was
+accepted before it stays on disk and a rerun of the same command resumes.
 
 A message names the settings it is about by their Python names in backticks (`max_length`,
 `similarity_threshold`): what a library user passes. The command line shows each as its flag

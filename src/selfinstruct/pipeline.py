@@ -18,8 +18,11 @@ and cost in run.json. The CLI is a thin layer over this class: both make the sam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,17 @@ from selfinstruct import language as languages
 from selfinstruct.batchapi import BatchSettings, round_requests
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import BudgetExhausted, ConfigError, SelfInstructError
+from selfinstruct.identity import (
+    REFUSE,
+    RunIdentity,
+    RunIdentityError,
+    check_choice,
+    model_identity,
+    seeds_identity,
+    seeds_source,
+    step_identity,
+    templates_identity,
+)
 from selfinstruct.io import write_atomic
 from selfinstruct.language import Language
 from selfinstruct.models import Model, load_model
@@ -55,13 +69,20 @@ class Pipeline:
 
     `model` is a spec string ("local", "openai:gpt-4o-mini?api=completions", ...; see
     `load_model`) or a `Model`. `seeds` is a list of `SeedTask`, a seed file's path, or None for
-    the built-in set. `engine` sets concurrency, retries, rate limits and the run's budgets.
+    the run's own seed tasks (the built-in set for a new run). `seed` is None for the run's
+    (42 for a new run). `engine` sets concurrency, retries, rate limits and the run's budgets.
     `price` is (prompt, completion) USD per million tokens, for the cost in run.json. With
     `batch_api` (True or a `BatchSettings`), every model step goes through OpenAI's Batch API
     (docs/batch.md), its cost at `batch_price`, by default half of `price`. With `progress`,
     bars and summaries go to stderr. `language` is the seeds' language: an ISO code
     ("zh", "ru", ...), "auto" (detected from the seed tasks), or None: the language this run
     folder recorded, else English; it chooses the similarity tokenizer, threshold and filters.
+
+    The folder's first write records the run's identity (seed tasks, model, seed, each step's
+    data-changing settings: see `selfinstruct.identity`); a step asked for other values raises
+    `RunIdentityError` before any model call, unless `changed_settings="continue"`, which
+    carries on and records the change in run.json's history. Step options left out take the
+    run's recorded values.
     """
 
     def __init__(
@@ -74,7 +95,7 @@ class Pipeline:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 120.0,
-        seed: int = 42,
+        seed: int | None = None,
         price: tuple[float, float] | None = None,
         batch_api: bool | BatchSettings = False,
         batch_price: tuple[float, float] | None = None,
@@ -82,10 +103,13 @@ class Pipeline:
         reporter: Reporter | None = None,
         command: str = "python",
         language: str | None = None,
+        changed_settings: str = REFUSE,
     ):
         self.folder = RunFolder.of(out)
         self._language = language
-        self.seed = seed
+        self._seed = seed
+        self.changed_settings = check_choice(changed_settings)
+        self._invocation = uuid.uuid4().hex[:12]  # this pipeline's entry in run.json's history
         self.price = price
         self.batch = (
             (batch_api if isinstance(batch_api, BatchSettings) else BatchSettings())
@@ -104,7 +128,7 @@ class Pipeline:
         self.reporter = reporter or Reporter(quiet=not progress)
         self.command = command
         self._seeds = seeds
-        self._seeds_file = None if seeds is None or isinstance(seeds, list) else str(seeds)
+        self._seeds_source = "python" if isinstance(seeds, list) else None
         self._model_spec = model
         self._model_options = {"base_url": base_url, "api_key": api_key, "timeout": timeout}
         self._model: Model | None = model if isinstance(model, Model) else None
@@ -113,16 +137,31 @@ class Pipeline:
     # --- what the steps share -----------------------------------------------------------------
 
     @property
+    def seed(self) -> int:
+        """The sampling seed: the one given, else the run's, else 42."""
+        if self._seed is None:
+            recorded = self._identity().recorded.get("seed")
+            self._seed = recorded if isinstance(recorded, int) else 42
+        return self._seed
+
+    @property
     def seeds(self) -> list[SeedTask]:
-        """The seed tasks, loaded (and checked) on first use."""
+        """The seed tasks, loaded (and checked) on first use: the given ones, else the run's
+        copy of its own, else the built-in set."""
         if not isinstance(self._seeds, list):
             from selfinstruct import seeds
 
-            if self._seeds is None:
-                # The built-in set of the language asked for (English unless told).
-                self._seeds = seeds.default(self._stated_language().code)
-            else:
+            recorded = self._identity().recorded.get("seed_tasks")
+            if self._seeds is not None:
+                self._seeds_source = seeds_source(self._seeds, self.folder.path)
                 self._seeds = seeds.load_seed_tasks(self._seeds)
+            elif recorded and self.folder.seed_tasks.exists():
+                self._seeds_source = recorded.get("source")
+                self._seeds = seeds.load_seed_tasks(self.folder.seed_tasks)
+            else:
+                # The built-in set of the language asked for (English unless told).
+                self._seeds_source = "built-in"
+                self._seeds = seeds.default(self._stated_language().code)
         return self._seeds
 
     def _stated_language(self) -> Language:
@@ -190,44 +229,57 @@ class Pipeline:
 
     def generate_instructions(self, num_instructions: int = 100, **options: Any) -> StepReport:
         """Step 1: grow the pool to `num_instructions` machine instructions. `options` are
-        `InstructionSettings` fields (similarity_threshold, lowercase_rest, ...). In Batch API
-        mode the lag, unless given, is the round: `batchapi.round_requests` of the target."""
-        seeds = self.seeds  # a bad seed file stops here, before any model call
+        `InstructionSettings` fields (similarity_threshold, lowercase_rest, ...): given, else the
+        run's recorded values, else the defaults; the threshold's default is the language's
+        calibrated value. In Batch API mode the lag, unless given or recorded, is the round:
+        `batchapi.round_requests` of the target."""
         if "language" in options:
             self._language = options.pop("language")
+        options = {k: v for k, v in options.items() if v is not None or k not in _BY_DEFAULT}
         lang = self.language
-        if options.get("similarity_threshold") is None:
-            options["similarity_threshold"] = lang.threshold  # calibrated per script
-        lag_given = options.get("lag") is not None
-        if not lag_given:
-            options.pop("lag", None)
-        settings = make_settings(
-            InstructionSettings,
-            num_instructions=num_instructions,
-            seed=self.seed,
-            language=lang.code,
-            **options,
+        lag_chosen = "lag" in options or "lag" in self._identity().defaults("instructions")
+        settings = self._settings(
+            "instructions", num_instructions=num_instructions, language=lang.code, **options
         )
-        if self.batch is not None and not lag_given:
+        if settings.similarity_threshold is None:  # calibrated per script
+            settings = dataclasses.replace(settings, similarity_threshold=lang.threshold)
+        if self.batch is not None and not lag_chosen:
             per_request = max(1, min(settings.request_batch_size, self.model.max_batch))
             lag = round_requests(num_instructions, per_request)
             settings = dataclasses.replace(settings, lag=lag)
-        return self._model_step(
-            settings,
-            lambda ctx: generate_instructions(ctx, seeds, self.folder, settings),
-            extra={"seed_tasks": self._seeds_file},
-        )
+        with self._started({"instructions": settings}):
+            return self._instructions(settings)
 
     def identify_classification(self, **options: Any) -> StepReport:
         """Step 2: label each instruction classification or not (`ClassifySettings` fields)."""
-        settings = make_settings(ClassifySettings, **options)
+        settings = self._settings("classify", **options)
+        with self._started({"classify": settings}):
+            return self._classify(settings)
+
+    def generate_instances(self, **options: Any) -> StepReport:
+        """Step 3: instances for each labelled instruction (`InstanceSettings` fields)."""
+        settings = self._settings("instances", **options)
+        with self._started({"instances": settings}):
+            return self._instances(settings)
+
+    def _instructions(self, settings: InstructionSettings) -> StepReport:
+        seeds = self.seeds
+        return self._model_step(
+            settings,
+            lambda ctx: generate_instructions(ctx, seeds, self.folder, settings),
+            # The copy, relative to the run folder, and where the tasks came from.
+            extra={
+                "seed_tasks": self.folder.seed_tasks.name,
+                "seed_tasks_source": self._seeds_source,
+            },
+        )
+
+    def _classify(self, settings: ClassifySettings) -> StepReport:
         return self._model_step(
             settings, lambda ctx: identify_classification(ctx, self.folder, settings)
         )
 
-    def generate_instances(self, **options: Any) -> StepReport:
-        """Step 3: instances for each labelled instruction (`InstanceSettings` fields)."""
-        settings = make_settings(InstanceSettings, **options)
+    def _instances(self, settings: InstanceSettings) -> StepReport:
         return self._model_step(
             settings, lambda ctx: generate_instances(ctx, self.folder, settings)
         )
@@ -235,22 +287,29 @@ class Pipeline:
     def prepare(
         self,
         *,
-        include_seed_tasks: bool = False,
+        include_seed_tasks: bool | None = None,
         min_rating: str | None = None,
+        judge_model: str | None = None,
         decontaminate: list[str | Path] | None = None,
         **options: Any,
     ) -> StepReport:
         """Step 4: filter and write the fine-tuning files (`PrepareSettings` fields). No model.
 
-        `min_rating` ("A".."D") keeps only examples the judge rated at least that well.
+        `include_seed_tasks` None takes the run's choice (on for a new run, as `run` and the
+        released script). `min_rating` ("A".."D", any case) keeps only generated examples the
+        judge rated at least that well, in their own file (the seed tasks' examples, written by
+        people, are always kept); `judge_model` names the judge when several rated the run.
         `decontaminate` lists evaluation sets whose items no training example may overlap
         (13-gram or ROUGE-L); None looks for the paper's user-oriented tasks on this machine,
         [] turns the check off.
         """
-        settings = make_settings(PrepareSettings, include_seed_tasks=include_seed_tasks, **options)
+        if include_seed_tasks is not None:
+            options["include_seed_tasks"] = include_seed_tasks
+        settings = self._settings("prepare", **options)
         seeds = self.seeds if settings.include_seed_tasks else None
-        filters, ratings, config = self._example_filters(min_rating, decontaminate)
-        with self.folder.lock():
+        ratings, by_rating, config = self._rating_filter(min_rating, judge_model, seeds)
+        filters = self._decontamination(decontaminate, config)
+        with self._started({"prepare": settings}, with_model=False):
             report = prepare_finetuning(
                 self.folder,
                 settings,
@@ -258,25 +317,52 @@ class Pipeline:
                 reporter=self.reporter,
                 filters=filters,
                 ratings=ratings,
+                rating_filter=by_rating,
             )
             self._record(report, settings, with_model=False, extra=config)
         self.reporter.summary(TITLES[report.step], report.rows())
         return report
 
-    def _example_filters(
-        self, min_rating: str | None, decontaminate: list[str | Path] | None
-    ) -> tuple[list, dict[str, str], dict[str, Any]]:
-        """Step 4's filters beyond the paper's: the judge's rating and decontamination."""
-        from selfinstruct.decontaminate import Decontaminator, default_eval_sets
-        from selfinstruct.judge import calibration_line, load_ratings
+    def _rating_filter(
+        self, min_rating: str | None, judge_model: str | None, seeds: list[SeedTask] | None
+    ) -> tuple[dict[str, str], Any, dict[str, Any]]:
+        """The judge's ratings (of one judge), and the filter `min_rating` makes of them."""
+        from selfinstruct.judge import calibration_line, find_judge, judges_of, load_ratings
 
-        filters: list = []
-        config: dict[str, Any] = {"min_rating": min_rating}
-        ratings = load_ratings(self.folder) if self.folder.judgments_file.exists() else {}
-        if min_rating is not None:
-            # How far the judge can be trusted, said before it is used to filter.
-            self.reporter.info(calibration_line(self.folder))
-            filters.append(rating_filter(ratings, min_rating))
+        config: dict[str, Any] = {"min_rating": min_rating, "judge_model": judge_model}
+        judges = judges_of(self.folder) if self.folder.judgments_file.exists() else []
+        one = None  # every line's rating: there is one judge, or no filter to choose for
+        if judge_model is not None:
+            one = find_judge(judges, judge_model)
+            if one is None:
+                raise ConfigError(
+                    f"`judge_model` {judge_model!r}: not one judge of {self.folder.judgments_file}"
+                    f" (its judges: {', '.join(judges) or 'none'})"
+                )
+        elif len(judges) > 1 and min_rating is not None:
+            raise ConfigError(
+                f"`min_rating`: {self.folder.judgments_file} holds the ratings of {len(judges)}"
+                f" judges ({', '.join(judges)}); name the one to filter with (`judge_model`)"
+            )
+        ratings = load_ratings(self.folder, model=one) if judges else {}
+        if min_rating is None:
+            return ratings, None, config
+        by_rating = rating_filter(ratings, min_rating)  # a bad minimum fails here
+        # How far the judge can be trusted, said before it is used to filter.
+        self.reporter.info(calibration_line(self.folder))
+        if seeds:
+            self.reporter.info(
+                f"min rating {min_rating.upper()}: the {sum(len(t.instances) for t in seeds)}"
+                " seed-task examples are kept unrated (written by people)"
+            )
+        return ratings, by_rating, config
+
+    def _decontamination(
+        self, decontaminate: list[str | Path] | None, config: dict[str, Any]
+    ) -> list:
+        """Step 4's decontamination filter, if there is an evaluation set to check against."""
+        from selfinstruct.decontaminate import Decontaminator, default_eval_sets
+
         eval_sets = default_eval_sets() if decontaminate is None else list(decontaminate)
         config["decontaminate"] = [str(p) for p in eval_sets]
         if eval_sets:
@@ -284,13 +370,13 @@ class Pipeline:
             checker = Decontaminator.from_files(
                 eval_sets, tokenizer=lang.tokenizer, rouge_threshold=lang.threshold
             )
-            filters.append(decontamination_filter(checker))
-        elif decontaminate is None:
+            return [decontamination_filter(checker)]
+        if decontaminate is None:
             self.reporter.info(
                 "decontamination: no evaluation set found (the paper's user-oriented tasks are"
                 " not shipped); pass --decontaminate FILE or set SELFINSTRUCT_EVAL_DIR"
             )
-        return filters, ratings, config
+        return []
 
     def judge(self, **options: Any) -> StepReport:
         """Rate step 4's examples A-D with the paper's rubric (`JudgeSettings` fields), into
@@ -326,55 +412,50 @@ class Pipeline:
         self,
         num_instructions: int = 100,
         *,
-        max_instances: int = 5,
-        request_batch_size: int = 5,
-        classification_only: bool = False,
-        include_seed_tasks: bool = True,
+        max_instances: int | None = None,
+        request_batch_size: int | None = None,
+        classification_only: bool | None = None,
+        include_seed_tasks: bool | None = None,
         instructions: dict[str, Any] | None = None,
         classification: dict[str, Any] | None = None,
         instances: dict[str, Any] | None = None,
         prepare: dict[str, Any] | None = None,
     ) -> dict[str, StepReport]:
         """All four steps; rerun on the same folder to resume. The dicts pass further settings
-        to one step each. Raises when a step cannot complete (the folder stays consistent)."""
+        to one step each; None (or an option left out) takes the run's value, else the
+        paper's. Raises when a step cannot complete (the folder stays consistent)."""
+        shared = _given(request_batch_size=request_batch_size)
+        first = {
+            "num_instructions": num_instructions,
+            **_given(classification_only=classification_only),
+        }
+        third = _given(max_instances_to_generate=max_instances)
+        prepare = {**(prepare or {}), **_given(include_seed_tasks=include_seed_tasks)}
+        plan = {
+            "instructions": self._settings(
+                "instructions", **{**shared, **first, **(instructions or {})}
+            ),
+            "classify": self._settings("classify", **{**shared, **(classification or {})}),
+            "instances": self._settings("instances", **{**shared, **third, **(instances or {})}),
+            "prepare": self._settings(
+                "prepare", **{k: v for k, v in prepare.items() if k not in _PREPARE_EXTRAS}
+            ),
+        }
         reports: dict[str, StepReport] = {}
-        # A misspelled setting of any step stops here, before any model call.
-        for cls, given in (
-            (InstructionSettings, instructions),
-            (ClassifySettings, classification),
-            (InstanceSettings, instances),
-            (PrepareSettings, prepare),
-        ):
-            given = {k: v for k, v in (given or {}).items() if k not in _PREPARE_FILTERS}
-            check_settings(cls, given)
-        # Bad seeds or an unusable model stop here, before the folder is made.
-        self.seeds, self.model  # noqa: B018
-        with self.folder.lock():
-            for step in (
-                lambda: self.generate_instructions(
-                    num_instructions,
-                    request_batch_size=request_batch_size,
-                    classification_only=classification_only,
-                    **(instructions or {}),
-                ),
-                lambda: self.identify_classification(
-                    request_batch_size=request_batch_size, **(classification or {})
-                ),
-                lambda: self.generate_instances(
-                    max_instances_to_generate=max_instances,
-                    request_batch_size=request_batch_size,
-                    **(instances or {}),
-                ),
+        # Bad seeds, changed settings or an unusable model stop here, before any model call.
+        with self._started(plan):
+            for name, step in (
+                ("instructions", self._instructions),
+                ("classify", self._classify),
+                ("instances", self._instances),
             ):
-                report = step()
-                reports[report.step] = report
+                reports[name] = report = step(plan[name])
                 if not report.complete:
                     raise SelfInstructError(
                         f"{report.step} did not complete (see the summary); rerun to continue"
                     )
-            reports["prepare"] = self.prepare(
-                include_seed_tasks=include_seed_tasks, **(prepare or {})
-            )
+            extras = {k: v for k, v in prepare.items() if k in _PREPARE_EXTRAS}
+            reports["prepare"] = self.prepare(**dataclasses.asdict(plan["prepare"]), **extras)
         return reports
 
     # --- the forecast ---------------------------------------------------------------------
@@ -417,6 +498,81 @@ class Pipeline:
         write_atomic(self.folder.forecast, json.dumps(result.to_dict(), indent=2) + "\n")
         return result
 
+    # --- the run's identity ---------------------------------------------------------------
+
+    def _identity(self) -> RunIdentity:
+        return RunIdentity(RunFile(self.folder).data)
+
+    def _settings(self, step: str, **given: Any) -> Any:
+        """A step's settings: the options given, else the run's recorded values, else the
+        paper's defaults."""
+        cls = SETTINGS[step]
+        if step == "instructions":
+            given.setdefault("seed", self.seed)
+        recorded = self._identity().defaults(step)
+        names = {f.name for f in dataclasses.fields(cls)}
+        check_settings(cls, given)  # a misspelled setting stops here, before any model call
+        return make_settings(cls, **{**{k: v for k, v in recorded.items() if k in names}, **given})
+
+    def _proposed(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """The identity these steps would run under."""
+        spec = self._model_spec if isinstance(self._model_spec, str) else None
+        info = None if spec else self._model_spec.info  # type: ignore[union-attr]
+        seeds = self.seeds
+        return {
+            "model": model_identity(spec, info),
+            "seed": self.seed,
+            "seed_tasks": seeds_identity(seeds, self._seeds_source or "built-in"),
+            "templates": templates_identity(),
+            "steps": {step: step_identity(step, s) for step, s in plan.items()},
+        }
+
+    def _steps_checked(self, plan: dict[str, Any]) -> list[str]:
+        """The steps of `plan` whose identity counts: step 4 only when it adds the seeds."""
+        return [s for s in plan if s != "prepare" or plan[s].include_seed_tasks]
+
+    def _check(self, plan: dict[str, Any]) -> list[Any]:
+        """The differences from the run's identity; raises unless told to continue."""
+        differences = self._identity().differences(self._proposed(plan), self._steps_checked(plan))
+        if differences and self.changed_settings == REFUSE:
+            raise RunIdentityError(self.folder.path, differences)
+        return differences
+
+    @contextlib.contextmanager
+    def _started(self, plan: dict[str, Any], *, with_model: bool = True) -> Iterator[None]:
+        """Run `plan`'s steps inside: the seeds and the identity are checked, then the model
+        (before the folder is made), then the folder is locked and its identity recorded."""
+        self.seeds  # noqa: B018  (a bad seed file stops here)
+        self._check(plan)
+        with contextlib.ExitStack() as held:
+            if self.folder.path.is_dir():  # a folder in use stops at once, not after the model
+                held.enter_context(self.folder.lock())
+            if with_model:
+                self.model  # noqa: B018
+            held.enter_context(self.folder.lock())
+            self._begin(plan)
+            yield
+
+    def _begin(self, plan: dict[str, Any]) -> None:
+        """Record the identity, the seed tasks' copy and this invocation in run.json: the
+        folder's first write, before any model call."""
+        differences = self._check(plan)
+        runfile = RunFile(self.folder)
+        identity = RunIdentity(runfile.data)
+        identity.merge(self._proposed(plan), self._steps_checked(plan))
+        if "seed_tasks" in identity.recorded and (
+            differences or not self.folder.seed_tasks.exists()
+        ):
+            from selfinstruct.seeds import seeds_text
+
+            write_atomic(self.folder.seed_tasks, seeds_text(self.seeds))
+        entry = runfile.invocation(self._invocation, self.command)
+        entry["steps"] += [step for step in plan if step not in entry["steps"]]
+        if differences:
+            entry.setdefault("changed", []).extend(d.to_dict() for d in differences)
+            entry["changed_settings"] = self.changed_settings
+        runfile.save()
+
     # --- one model step -------------------------------------------------------------------
 
     def _model_step(
@@ -431,7 +587,13 @@ class Pipeline:
                 runner=self._loop(),
                 engines=self._batch_engines(model),
             )
-            report: StepReport = step(ctx)
+            try:
+                report: StepReport = step(ctx)
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM) or failed halfway: what it spent is recorded.
+                for partial in ctx.started:
+                    self._record(partial, settings, with_model=True, extra=extra, stopped=True)
+                raise
             self._spend(report)
             self._record(report, settings, with_model=True, extra=extra)
         self.reporter.summary(TITLES[report.step], report.rows() + self._cost_rows(report))
@@ -502,6 +664,7 @@ class Pipeline:
         *,
         with_model: bool,
         extra: dict[str, Any] | None = None,
+        stopped: bool = False,
     ) -> None:
         config = {**settings_dict(settings), **(extra or {})}
         model = self.model.info if with_model else None
@@ -519,17 +682,37 @@ class Pipeline:
             seed=self.seed if with_model else None,
             price=self.price,
             batch_price=self.batch_price if with_model and self.batch is not None else None,
+            stopped=stopped,
         )
 
 
-# `prepare`'s own arguments beside its PrepareSettings fields.
-_PREPARE_FILTERS = ("min_rating", "decontaminate")
+SETTINGS = {
+    "instructions": InstructionSettings,
+    "classify": ClassifySettings,
+    "instances": InstanceSettings,
+    "prepare": PrepareSettings,
+}
+_PREPARE_EXTRAS = (
+    "min_rating",
+    "judge_model",
+    "decontaminate",
+)  # Pipeline.prepare's own, not settings
+
+
+# Step-1 options whose None means "the default": the language's threshold, the lag's default.
+_BY_DEFAULT = {"similarity_threshold", "lag"}
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that were given (not None)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def rating_filter(ratings: dict[str, str], minimum: str) -> Any:
     """A step-4 filter that keeps the examples the judge rated `minimum` or better."""
     from selfinstruct.judge import meets
 
+    minimum = minimum.upper()
     meets(None, minimum)  # a bad minimum fails here, before any work
 
     def check(examples: list[Example]) -> list[dict | None]:

@@ -36,8 +36,9 @@ class Reporter:
         self.console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
 
     def info(self, message: str) -> None:
+        # Never wrapped: a path or a command to copy must stay on one line.
         if not self.quiet:
-            self.console.print(message, markup=False, highlight=False)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     @contextmanager
     def bar(self, description: str, total: int | None, completed: int = 0) -> Iterator[Bar]:

@@ -95,9 +95,11 @@ class RunFile:
         seed: int | None,
         price: tuple[float, float] | None = None,
         batch_price: tuple[float, float] | None = None,
+        stopped: bool = False,
     ) -> None:
         """Merge one step's report. `batch_price`, given when the step ran through the Batch
-        API, prices that step's tokens instead of `price`."""
+        API, prices that step's tokens instead of `price`. `stopped`: the step was interrupted
+        or failed halfway; its usage and requests are added, its counts (never computed) kept."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
         d = self.data
         d.setdefault("created_at", now)
@@ -112,9 +114,13 @@ class RunFile:
         step = d.setdefault("steps", {}).setdefault(report.step, {})
         step["invocations"] = step.get("invocations", 0) + 1
         step["last_command"] = command
-        step["counts"] = report.counts
-        step["complete"] = report.complete
-        step["outputs"] = [Path(p).name for p in report.outputs]
+        if stopped:
+            step["interrupted"] = step.get("interrupted", 0) + 1
+            step["complete"] = False
+        else:
+            step["counts"] = report.counts
+            step["complete"] = report.complete
+            step["outputs"] = [Path(p).name for p in report.outputs]
         step["dropped"] = _add(step.get("dropped", {}), report.dropped)
         step["usage"] = _add(step.get("usage", {}), report.usage.to_dict())
         if report.engine is not None:
@@ -152,7 +158,30 @@ class RunFile:
             d["cost_usd"] = round(sum(s["cost_usd"] for s in used), 6)
         elif stored:
             d["cost_usd"] = round(cost(total, (stored["prompt"], stored["completion"])) or 0.0, 6)
-        write_atomic(self.path, json.dumps(d, indent=2, ensure_ascii=False) + "\n")
+        self.save()
+
+    def invocation(self, key: str, command: str) -> dict[str, Any]:
+        """This invocation's entry in the history (made on its first call): when, which
+        command and command line, and the steps it ran."""
+        history = self.data.setdefault("history", [])
+        for entry in history:
+            if entry.get("id") == key:
+                return entry
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.data.setdefault("created_at", now)
+        entry = {
+            "id": key,
+            "at": now,
+            "command": command,
+            "argv": redact_argv(sys.argv[1:]),
+            "steps": [],
+        }
+        history.append(entry)
+        return entry
+
+    def save(self) -> None:
+        self.data.setdefault("packages", package_versions())
+        write_atomic(self.path, json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _merge_batch(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:

@@ -128,7 +128,11 @@ class RunRecord:
 
     @property
     def similarity_threshold(self) -> float | None:
-        value = self.config("instructions").get("similarity_threshold")
+        """Step 1's threshold: the run's identity, else the last config (older runs)."""
+        identity = (self.data.get("identity") or {}).get("steps", {}).get("instructions", {})
+        value = identity.get("similarity_threshold")
+        if not isinstance(value, int | float):
+            value = self.config("instructions").get("similarity_threshold")
         return float(value) if isinstance(value, int | float) else None
 
     @property
@@ -151,13 +155,14 @@ class RunRecord:
         return None
 
     def find_seed_file(self) -> Path | None:
-        """`seed_file` on disk: as recorded, then beside the run folder, then inside it; None
-        when it is not there any more."""
+        """`seed_file` on disk: inside the run folder (the run's own copy, seed_tasks.jsonl,
+        which the config names), as recorded, then beside the run folder; None when it is not
+        there any more."""
         if self.seed_file is None:
             return None
         path = Path(self.seed_file).expanduser()
         run = self.path.parent
-        for candidate in (path, run.parent / path, run / path):
+        for candidate in (run / path, path, run.parent / path):
             if candidate.is_file():
                 return candidate
         return None
@@ -226,6 +231,11 @@ class RunFolder:
         return self.finetuning_dir / _EXAMPLE_FILES[fmt]
 
     @property
+    def rated_instances(self) -> Path:
+        """Step 4's generated examples the judge rated at least `--min-rating`."""
+        return self.finetuning_dir / "rated_generated_instances.jsonl"
+
+    @property
     def chat_finetuning(self) -> Path:
         return self.example_file("chat")
 
@@ -267,6 +277,12 @@ class RunFolder:
     def forecast(self) -> Path:
         """`selfinstruct estimate`'s last forecast, for `report` to show beside the actual."""
         return self.path / "forecast.json"
+
+    @property
+    def seed_tasks(self) -> Path:
+        """A copy of the seed tasks the run was made from (the release's seed_tasks format),
+        so that later steps and tools use them whatever the working directory."""
+        return self.path / "seed_tasks.jsonl"
 
     @property
     def judgments_file(self) -> Path:

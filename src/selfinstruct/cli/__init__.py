@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import importlib
 import re
+import signal
 import sys
 
 import click
 
 from selfinstruct.errors import SelfInstructError
+from selfinstruct.identity import RunIdentityError
 
 RESUME_HINT = "interrupted: everything accepted so far is saved; rerun the same command to resume"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -22,7 +24,23 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 COMMAND_MODULES = ("generate", "data", "train", "review", "report", "sweep", "judge", "export")
 
 
-@click.group(context_settings=CONTEXT)
+# The original release's scripts, by name: `selfinstruct bootstrap_instructions.py --batch_dir
+# ...` runs the same step as its `python self_instruct/bootstrap_instructions.py --batch_dir ...`.
+ORIGINAL_SCRIPTS = {
+    "bootstrap_instructions": "generate-instructions",
+    "identify_clf_or_not": "identify-clf",
+    "generate_instances": "generate-instances",
+    "prepare_for_finetuning": "prepare",
+}
+
+
+class _Commands(click.Group):
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        name = ORIGINAL_SCRIPTS.get(name.removesuffix(".py"), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT)
 @click.version_option(package_name="selfinstruct")
 def cli() -> None:
     """Self-Instruct: grow an instruction-tuning dataset from a few seed tasks, on any model."""
@@ -58,15 +76,37 @@ def for_the_command_line(message: str) -> str:
     return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: flags.get(m[1], m[1]), message)
 
 
+_TERMINATED = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a scheduler's stop) ends the command as Ctrl-C does: through whatever
+    handles SIGINT now (asyncio's, which lets the step record what it did), then one line."""
+    global _TERMINATED
+    _TERMINATED = True
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: typed errors become one line on stderr and an exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="selfinstruct", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo(RESUME_HINT, err=True)
-        sys.exit(130)
+        click.echo(("terminated: " if _TERMINATED else "") + RESUME_HINT, err=True)
+        sys.exit(143 if _TERMINATED else 130)
     except click.ClickException as e:
         e.show()
+        sys.exit(e.exit_code)
+    except RunIdentityError as e:
+        from selfinstruct.cli.options import WAYS_OUT, setting_flag
+
+        names = {d.setting: setting_flag(d.setting) for d in e.differences}
+        click.echo(f"error: {e.render(names, WAYS_OUT)}", err=True)
         sys.exit(e.exit_code)
     except SelfInstructError as e:
         click.echo(f"error: {for_the_command_line(str(e))}", err=True)

@@ -101,10 +101,13 @@ def seeds_show(limit: int | None, language: str | None) -> None:
 @seeds_group.command("export")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @language_option
-def seeds_export(out: Path, language: str | None) -> None:
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def seeds_export(out: Path, language: str | None, force: bool) -> None:
     """Write the built-in seed tasks to OUT in the original seed_tasks.jsonl format."""
     from selfinstruct import seeds
 
+    if out.exists() and not force:
+        raise ConfigError(f"{out}: exists; add --force to overwrite it")
     tasks = seeds.default(language or "en")
     seeds.write_seed_tasks(tasks, out)
     click.echo(f"wrote {len(tasks)} seed tasks to {out}", err=True)

@@ -17,7 +17,9 @@ from selfinstruct.cli.options import (
     ModelOptions,
     batch_options,
     batch_price_option,
+    continue_anyway_option,
     first_instructions_option,
+    given,
     lag_option,
     language_option,
     model_options,
@@ -28,7 +30,6 @@ from selfinstruct.cli.options import (
     seed_tasks_option,
 )
 from selfinstruct.errors import ConfigError
-from selfinstruct.runfile import RunFile
 
 CLASSIFICATION_ONLY = click.option(
     "--use-clf-seed-tasks-only",
@@ -46,12 +47,12 @@ LOWERCASE_REST = click.option(
 MAX_INSTANCES = click.option(
     "--max-instances-to-generate",
     "--max_instances_to_generate",
+    "--max_instances_to_gen",
     "--max-instances",
     "max_instances",
     type=click.IntRange(min=1),
     default=5,
-    show_default=True,
-    help="Instances to ask for per task.",
+    help="Instances to ask for per task  [default: the run's, else 5]",
 )
 LENIENT_LABELS = click.option(
     "--lenient-labels",
@@ -59,12 +60,51 @@ LENIENT_LABELS = click.option(
     help="Step 2: count an answer such as 'Yes.' or 'yes, it is' as yes  [default: off: only an"
     " exact Yes/yes/YES, as the original scripts]",
 )
+NUM_PROMPT_INSTRUCTIONS = click.option(
+    "--num-prompt-instructions",
+    "--num_prompt_instructions",
+    type=click.IntRange(min=2),
+    default=8,
+    help="Instructions listed in each prompt (2 of them machine-generated)"
+    "  [default: the run's, else 8]",
+)
+SIMILARITY_THRESHOLD = click.option(
+    "--similarity-threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Keep a candidate only if its max ROUGE-L F1 to the pool is <= this"
+    "  [default: the run's, else 0.7 in English and the language's calibrated value otherwise]",
+)
+MAX_INSTANCES_PER_TASK = click.option(
+    "--max-instances-per-task",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Instances kept per task.",
+)
+END_TOKEN = click.option(
+    "--end-token",
+    default="<|endoftext|>",
+    show_default=True,
+    help="Appended to each completion of the prompt/completion file.",
+)
 MIN_RATING = click.option(
     "--min-rating",
-    type=click.Choice(["A", "B", "C", "D"]),
+    type=click.Choice(["A", "B", "C", "D"], case_sensitive=False),
+    metavar="[A|B|C|D]",
     default=None,
-    help="Keep only examples the judge rated this well or better (run 'selfinstruct judge'"
-    " first; unrated examples are dropped)  [default: no rating filter]",
+    callback=lambda _ctx, _param, value: value.upper() if value else None,
+    help="Keep only generated examples the judge rated this well or better (run 'selfinstruct"
+    " judge' first; unrated ones are dropped; the human seed tasks are always kept); the kept"
+    " set goes to its own file  [default: no rating filter]",
+)
+JUDGE = click.option(
+    "--judge",
+    "judge_model",
+    default=None,
+    metavar="MODEL",
+    help="With --min-rating, whose ratings to use when several judges rated the run: the"
+    " judge's model as judgments.jsonl names it  [default: the only one]",
 )
 DECONTAMINATE = click.option(
     "--decontaminate",
@@ -106,30 +146,23 @@ INCLUDE_SEEDS_HELP = "Add the seed tasks' instances to the fine-tuning data."
     help="Machine instructions to reach (the paper: 52K).",
 )
 @CLASSIFICATION_ONLY
-@click.option(
-    "--num-prompt-instructions",
-    "--num_prompt_instructions",
-    type=click.IntRange(min=2),
-    default=8,
-    show_default=True,
-    help="Instructions listed in each prompt (2 of them machine-generated).",
-)
+@NUM_PROMPT_INSTRUCTIONS
 @request_batch_size_option
-@click.option(
-    "--similarity-threshold",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Keep a candidate only if its max ROUGE-L F1 to the pool is <= this"
-    "  [default: 0.7 in English; the language's calibrated value otherwise]",
-)
+@SIMILARITY_THRESHOLD
 @LOWERCASE_REST
 @lag_option
 @language_option
-@seed_option(42)
+@seed_option(42, from_run=True)
+@continue_anyway_option
 @model_options
 @batch_options
 def generate_instructions_cmd(
-    batch_dir: Path, seed_tasks: Path | None, seed: int, num_instructions: int, **kwargs: Any
+    batch_dir: Path,
+    seed_tasks: Path | None,
+    seed: int | None,
+    num_instructions: int,
+    changed_settings: str,
+    **kwargs: Any,
 ) -> None:
     """Step 1: bootstrap new instructions from the seed tasks."""
     opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
@@ -138,10 +171,11 @@ def generate_instructions_cmd(
         seed=seed,
         seeds=seed_tasks,
         command="generate-instructions",
+        changed_settings=changed_settings,
         batch=batch,
         language=kwargs.pop("language"),
     ) as p:
-        p.generate_instructions(num_instructions, **kwargs)
+        finish(p, [p.generate_instructions(num_instructions, **given(kwargs))])
 
 
 # --- step 2 -------------------------------------------------------------------------------
@@ -159,14 +193,23 @@ def generate_instructions_cmd(
 )
 @request_batch_size_option
 @LENIENT_LABELS
-@seed_option(42)
+@seed_option(42, from_run=True)
+@continue_anyway_option
 @model_options
 @batch_options
-def identify_clf_cmd(batch_dir: Path, seed: int, template: str, **kwargs: Any) -> None:
+def identify_clf_cmd(
+    batch_dir: Path, seed: int | None, template: str, changed_settings: str, **kwargs: Any
+) -> None:
     """Step 2: ask the model whether each instruction is a classification task."""
     opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
-    with opts.pipeline(batch_dir, seed=seed, command="identify-clf", batch=batch) as p:
-        p.identify_classification(**kwargs)
+    with opts.pipeline(
+        batch_dir,
+        seed=seed,
+        command="identify-clf",
+        changed_settings=changed_settings,
+        batch=batch,
+    ) as p:
+        finish(p, [p.identify_classification(**given(kwargs))])
 
 
 # --- step 3 -------------------------------------------------------------------------------
@@ -206,26 +249,38 @@ def identify_clf_cmd(batch_dir: Path, seed: int, template: str, **kwargs: Any) -
     is_flag=True,
     help="Only tasks labelled classification.",
 )
-@seed_option(42)
+@seed_option(42, from_run=True)
+@continue_anyway_option
 @model_options
 @batch_options
-def generate_instances_cmd(batch_dir: Path, seed: int, max_instances: int, **kwargs: Any) -> None:
+def generate_instances_cmd(
+    batch_dir: Path, seed: int | None, changed_settings: str, **kwargs: Any
+) -> None:
     """Step 3: generate instances, output-first for classification tasks, input-first otherwise."""
     opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
-    with opts.pipeline(batch_dir, seed=seed, command="generate-instances", batch=batch) as p:
-        p.generate_instances(max_instances_to_generate=max_instances, **kwargs)
+    options = given(kwargs)
+    if "max_instances" in options:
+        options["max_instances_to_generate"] = options.pop("max_instances")
+    with opts.pipeline(
+        batch_dir,
+        seed=seed,
+        command="generate-instances",
+        changed_settings=changed_settings,
+        batch=batch,
+    ) as p:
+        finish(p, [p.generate_instances(**options)])
 
 
 # --- step 4 -------------------------------------------------------------------------------
 
 
 @cli.command("prepare")
-@run_folder_option
+@run_folder_option(default_help="the folder of the first --instance-files, as the original script")
 @click.option(
     "--instance-files",
     "--instance_files",
     multiple=True,
-    help="Instances files in the run folder, repeatable"
+    help="Instances files, repeatable: a path, or a name in the run folder"
     "  [default: machine_generated_instances.jsonl]",
 )
 @click.option(
@@ -233,13 +288,14 @@ def generate_instances_cmd(batch_dir: Path, seed: int, max_instances: int, **kwa
     "--classification_type_files",
     "classification_files",
     multiple=True,
-    help="is_clf_or_not files, repeatable  [default: the folder's only one]",
+    help="is_clf_or_not files, repeatable: a path, or a name in the run folder"
+    "  [default: the folder's only one]",
 )
 @click.option(
     "--output-dir",
     "--output_dir",
     default=None,
-    help="Output folder, inside the run folder  [default: finetuning_data]",
+    help="Output folder: a path inside the run folder, or a name in it  [default: finetuning_data]",
 )
 @click.option(
     "--num-instructions",
@@ -251,52 +307,77 @@ def generate_instances_cmd(batch_dir: Path, seed: int, max_instances: int, **kwa
 @click.option(
     "--include-seed-tasks/--no-include-seed-tasks",
     "--include_seed_tasks",
-    default=False,
-    show_default=True,
-    help=INCLUDE_SEEDS_HELP,
+    default=True,
+    help=INCLUDE_SEEDS_HELP + "  [default: the run's choice, else on]",
 )
 @seed_tasks_option
-@click.option(
-    "--max-instances-per-task",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Instances kept per task.",
-)
-@click.option(
-    "--end-token",
-    default="<|endoftext|>",
-    show_default=True,
-    help="Appended to each completion of the prompt/completion file.",
-)
+@MAX_INSTANCES_PER_TASK
+@END_TOKEN
 @MIN_RATING
+@JUDGE
 @DECONTAMINATE
 @NO_DECONTAMINATE
 @language_option
 @seed_option(123)
+@continue_anyway_option
 @click.option("--quiet", "-q", is_flag=True, help="No summary.")
 def prepare_cmd(
-    batch_dir: Path,
+    batch_dir: Path | None,
     seed_tasks: Path | None,
     seed: int,
     quiet: bool,
     decontaminate: tuple[Path, ...],
     no_decontaminate: bool,
     language: str | None,
+    changed_settings: str,
     **kwargs: Any,
 ) -> None:
     """Step 4: filter the instances and write fine-tuning files (GPT-3, OpenAI chat, Alpaca)."""
     from selfinstruct.pipeline import Pipeline
 
-    for name in ("instance_files", "classification_files"):
-        kwargs[name] = list(kwargs[name]) or None
+    options = given(kwargs)
+    folder = prepare_folder(batch_dir, options)
+    options["seed"] = seed
     eval_sets = eval_sets_option(decontaminate, no_decontaminate)
     with Pipeline(
-        batch_dir, seeds=seed_tasks, progress=not quiet, command="prepare", language=language
+        folder,
+        seeds=seed_tasks,
+        progress=not quiet,
+        command="prepare",
+        changed_settings=changed_settings,
+        language=language,
     ) as p:
-        report = p.prepare(seed=seed, decontaminate=eval_sets, **kwargs)
-        for path in report.outputs:
-            p.reporter.info(f"wrote {path}")
+        report = p.prepare(decontaminate=eval_sets, **options)
+        finish(p, [report])
+
+
+def prepare_folder(batch_dir: Path | None, options: dict[str, Any]) -> Path:
+    """The run folder, and prepare's file options as names in it. The original script took
+    paths (`--instance_files data/run/machine_generated_instances.jsonl`, no --batch_dir), so
+    a path that exists as given is made relative to the run folder."""
+    files = list(options.get("instance_files", ()))
+    if batch_dir is None:
+        if not files:
+            raise click.UsageError("give --batch-dir (or --instance-files, as the original script)")
+        batch_dir = Path(files[0]).parent
+    for name in ("instance_files", "classification_files"):
+        if name in options:
+            options[name] = [_in_run(batch_dir, f) for f in options[name]]
+    if "output_dir" in options:
+        options["output_dir"] = _in_run(batch_dir, options["output_dir"])
+    return batch_dir
+
+
+def _in_run(folder: Path, name: str) -> str:
+    """A file option as a name relative to the run folder: a path under the folder as given
+    from the working directory (the original scripts' way), else a name in the folder."""
+    path = Path(name)
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        if path.is_absolute():
+            raise click.UsageError(f"{name}: not inside the run folder {folder}") from None
+        return name
 
 
 # --- run ----------------------------------------------------------------------------------
@@ -306,6 +387,8 @@ def prepare_cmd(
 @run_folder_option
 @seed_tasks_option
 @RUN_NUM_INSTRUCTIONS
+@NUM_PROMPT_INSTRUCTIONS
+@SIMILARITY_THRESHOLD
 @MAX_INSTANCES
 @CLASSIFICATION_ONLY
 @request_batch_size_option
@@ -315,46 +398,103 @@ def prepare_cmd(
 @click.option(
     "--include-seed-tasks/--no-include-seed-tasks",
     default=True,
-    show_default=True,
-    help=INCLUDE_SEEDS_HELP,
+    help=INCLUDE_SEEDS_HELP + "  [default: the run's choice, else on]",
 )
+@MAX_INSTANCES_PER_TASK
+@END_TOKEN
+@MIN_RATING
+@JUDGE
 @DECONTAMINATE
 @NO_DECONTAMINATE
 @language_option
-@seed_option(42)
+@seed_option(42, from_run=True)
+@continue_anyway_option
 @model_options
 @batch_options
 def run_cmd(
     batch_dir: Path,
     seed_tasks: Path | None,
-    seed: int,
+    seed: int | None,
     num_instructions: int,
-    lowercase_rest: bool,
-    lag: int,
-    lenient_labels: bool,
     decontaminate: tuple[Path, ...],
     no_decontaminate: bool,
     language: str | None,
+    changed_settings: str,
     **kwargs: Any,
 ) -> None:
     """Run all four steps into one folder; rerun it to resume."""
     opts, batch = ModelOptions.pop(kwargs), BatchOptions.pop(kwargs)
-    eval_sets = eval_sets_option(decontaminate, no_decontaminate)
+    options = given(kwargs)
+    steps: dict[str, dict[str, Any]] = {"instructions": {}, "classification": {}, "prepare": {}}
+    for name, step in RUN_OPTIONS.items():
+        if name in options:
+            steps[step][name] = options.pop(name)
+    steps["prepare"]["decontaminate"] = eval_sets_option(decontaminate, no_decontaminate)
     with opts.pipeline(
-        batch_dir, seed=seed, seeds=seed_tasks, command="run", batch=batch, language=language
+        batch_dir,
+        seed=seed,
+        seeds=seed_tasks,
+        command="run",
+        changed_settings=changed_settings,
+        batch=batch,
+        language=language,
     ) as p:
-        p.run(
+        reports = p.run(
             num_instructions,
-            instructions={"lowercase_rest": lowercase_rest, "lag": lag},
-            classification={"lenient_labels": lenient_labels},
-            prepare={"decontaminate": eval_sets},
-            **kwargs,
+            instructions=steps["instructions"],
+            classification=steps["classification"],
+            prepare=steps["prepare"],
+            **options,
         )
-        usage = RunFile(p.folder).data.get("usage", {})
+        finish(p, list(reports.values()))
+
+
+# The options of `run` that go to one step each (the others are `Pipeline.run`'s own).
+RUN_OPTIONS = {
+    "num_prompt_instructions": "instructions",
+    "similarity_threshold": "instructions",
+    "lowercase_rest": "instructions",
+    "lag": "instructions",
+    "lenient_labels": "classification",
+    "max_instances_per_task": "prepare",
+    "end_token": "prepare",
+    "min_rating": "prepare",
+    "judge_model": "prepare",
+}
+
+
+# What to run after each step.
+NEXT_COMMAND = {
+    "instructions": "selfinstruct identify-clf --batch-dir {run}",
+    "classify": "selfinstruct generate-instances --batch-dir {run}",
+    "instances": "selfinstruct prepare --batch-dir {run}",
+    "prepare": "selfinstruct report {run}  (then: selfinstruct finetune {data} --out FOLDER)",
+}
+
+
+def finish(p: Any, reports: list[Any]) -> None:
+    """A command's last lines: what it wrote, what it cost, and the next command to run."""
+    from selfinstruct.runfile import RunFile
+
+    for report in reports:
+        for path in report.outputs:
+            p.reporter.info(f"wrote {path}")
+    last = reports[-1]
+    if last.step == "prepare":
+        c = last.counts
         p.reporter.info(
-            f"done: {batch_dir}  ({usage.get('requests', 0)} requests,"
-            f" {usage.get('total_tokens', 0):,} tokens in all; details in run.json)"
+            f"training examples: {c.get('generated_instances', 0)} generated,"
+            f" {c.get('seed_instances_included', 0)} from the seed tasks"
         )
+    usage = RunFile(p.folder).data.get("usage", {})
+    if usage.get("requests"):
+        p.reporter.info(
+            f"run {p.folder.path}: {usage['requests']} requests,"
+            f" {usage.get('total_tokens', 0):,} tokens in all (details in run.json)"
+        )
+    if last.complete:
+        data = p.folder.alpaca if last.step == "prepare" else ""
+        p.reporter.info("next: " + NEXT_COMMAND[last.step].format(run=p.folder.path, data=data))
 
 
 # --- the forecast -------------------------------------------------------------------------

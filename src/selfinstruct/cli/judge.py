@@ -56,6 +56,14 @@ Examples:
     " are cut, marked), so that a prompt fits a small model's context.",
 )
 @click.option(
+    "--max-unreadable",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Stop asking about an example after this many answers the judge's parser cannot read;"
+    " it stays unrated, counted by reason.",
+)
+@click.option(
     "--calibrate",
     is_flag=True,
     help="Measure the judge's agreement with people instead of rating the run: the review"
@@ -117,6 +125,7 @@ def judge_cmd(
         num_examples=kwargs["num_examples"],
         request_batch_size=kwargs["request_batch_size"],
         max_field_chars=kwargs["max_field_chars"],
+        max_unreadable=kwargs["max_unreadable"],
     )
     if calibrating and batch.batch_api:
         raise ConfigError("--batch-api rates a run's examples; --calibrate runs online")
@@ -147,7 +156,7 @@ def _judge(folder, opts: ModelOptions, seed: int, settings, batch: BatchOptions)
 
     folder.read_examples()  # no step 4 file, or a bad one: one line, before any model is loaded
     with opts.pipeline(folder.path, seed=seed, command="judge", batch=batch) as pipeline:
-        pipeline.judge(**dataclasses.asdict(settings))  # unrated ones are asked again by a rerun
+        report = pipeline.judge(**dataclasses.asdict(settings))
         reporter = pipeline.reporter
         reviews = folder.reviews(warn=reporter.warn)
         if reviews:
@@ -161,6 +170,12 @@ def _judge(folder, opts: ModelOptions, seed: int, settings, batch: BatchOptions)
                     f" {both.within_one:.2f}, n = {both.n} (judge --calibrate for the full"
                     " figures)"
                 )
+        reporter.info(f"wrote {folder.judgments_file}")
+        if report.complete:
+            reporter.info(
+                f"next: selfinstruct prepare --batch-dir {folder.path} --min-rating B"
+                f" --judge '{model_id(pipeline.model)}'"
+            )
 
 
 def _calibrate(

@@ -16,6 +16,7 @@ import click
 
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ConfigError
+from selfinstruct.identity import CONTINUE, REFUSE
 from selfinstruct.steps.instructions import InstructionSettings
 
 DEFAULT_MODEL = "local"
@@ -69,13 +70,20 @@ def model_options(f: Callable) -> Callable:
     options = [
         click.option(
             "--model",
-            "--engine",
             "-m",
             "model_spec",
             default=DEFAULT_MODEL,
             show_default=True,
             help="Model spec: 'local' (embedded SmolLM2-135M-Instruct), 'local:PATH.gguf',"
             " 'openai:MODEL' (chat API) or 'openai:MODEL?api=completions'. See README.",
+        ),
+        click.option(
+            "--engine",
+            "engine_name",
+            default=None,
+            metavar="NAME",
+            help="The original scripts' option: an OpenAI completions engine ('davinci' is"
+            " 'openai:davinci?api=completions'), or a model spec as --model.",
         ),
         BASE_URL,
         API_KEY,
@@ -134,15 +142,59 @@ def model_options(f: Callable) -> Callable:
     return _apply(f, options)
 
 
-def seed_option(default: int) -> Callable:
-    return click.option(
-        "--seed",
-        type=int,
-        default=default,
-        show_default=True,
-        help="Sampling seed: step 1's prompts (and the embedded model's decoding) are"
-        " reproducible with it, at any concurrency.",
+def seed_option(default: int, *, from_run: bool = False) -> Callable:
+    """--seed; `from_run`: left out, the run's recorded seed (else `default`)."""
+    help = (
+        "Sampling seed: step 1's prompts (and the embedded model's decoding) are"
+        " reproducible with it, at any concurrency."
     )
+    if from_run:
+        return click.option(
+            "--seed", type=int, default=None, help=f"{help}  [default: the run's, else {default}]"
+        )
+    return click.option("--seed", type=int, default=default, show_default=True, help=help)
+
+
+CONTINUE_ANYWAY = click.option(
+    "--continue-anyway",
+    "changed_settings",
+    flag_value=CONTINUE,
+    default=REFUSE,
+    help="Continue a run with settings other than those it was made with; its data then mixes"
+    " both, and run.json's history records the change  [default: refuse]",
+)
+
+
+def continue_anyway_option(f: Callable) -> Callable:
+    return CONTINUE_ANYWAY(f)
+
+
+# How the CLI spells the settings of a run's identity, where it is not --the-name.
+SETTING_FLAGS = {
+    "classification_only": "--use-clf-seed-tasks-only",
+    "num_machine_in_prompt": "num_machine_in_prompt (library only)",
+    "sampling": "sampling (library only)",
+    "templates": "prompt templates (another selfinstruct version)",
+}
+WAYS_OUT = (
+    "Rerun with the run's settings to resume it, use --out with a new folder for a new run,"
+    " or add --continue-anyway to mix them (recorded in run.json's history)"
+)
+
+
+def setting_flag(name: str) -> str:
+    return SETTING_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def given(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave (on the command line or in the environment): one left out
+    takes the run's recorded value, else the library's default."""
+    ctx = click.get_current_context()
+    return {
+        k: v
+        for k, v in kwargs.items()
+        if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
+    }
 
 
 def lag_option(f: Callable) -> Callable:
@@ -167,7 +219,7 @@ def seed_tasks_option(f: Callable) -> Callable:
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
         help="Seed tasks: the original seed_tasks.jsonl format, or a .txt of instructions"
-        "  [default: our 175 built-in tasks]",
+        "  [default: the run's own (its copy, seed_tasks.jsonl), else our 175 built-in tasks]",
     )(f)
 
 
@@ -195,17 +247,21 @@ def language_option(f: Callable) -> Callable:
     )(f)
 
 
-def run_folder_option(f: Callable) -> Callable:
-    return click.option(
+def run_folder_option(f: Callable | None = None, *, default_help: str | None = None) -> Any:
+    """--batch-dir/--out, required; with `default_help`, optional and its default said so."""
+    optional: dict[str, Any] = {"default": None} if default_help else {"required": True}
+    option = click.option(
         "--batch-dir",
         "--batch_dir",
         "--out",
         "-o",
         "batch_dir",
-        required=True,
+        **optional,
         type=click.Path(file_okay=False, path_type=Path),
-        help="Run folder that holds every step's files.",
-    )(f)
+        help="Run folder that holds every step's files"
+        + (f"  [default: {default_help}]" if default_help else "."),
+    )
+    return option if f is None else option(f)
 
 
 def request_batch_size_option(f: Callable) -> Callable:
@@ -229,6 +285,16 @@ def first_instructions_option(f: Callable) -> Callable:
     )(f)
 
 
+def engine_spec(engine: str) -> str:
+    """--engine as the original scripts meant it: a bare name is an OpenAI completions engine
+    (their only API); anything with a backend is a model spec."""
+    from selfinstruct.models.spec import BACKENDS
+
+    if ":" in engine or "?" in engine or engine.strip().lower() in BACKENDS:
+        return engine
+    return f"openai:{engine.strip()}?api=completions"
+
+
 @dataclasses.dataclass
 class ModelOptions:
     model_spec: str
@@ -246,7 +312,11 @@ class ModelOptions:
 
     @classmethod
     def pop(cls, kwargs: dict[str, Any]) -> ModelOptions:
-        return cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)})
+        engine = kwargs.pop("engine_name")
+        options = cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)})
+        if engine is not None:
+            options.model_spec = engine_spec(engine)
+        return options
 
     def engine(self) -> EngineSettings:
         return EngineSettings(
@@ -265,9 +335,10 @@ class ModelOptions:
         self,
         out: Path,
         *,
-        seed: int,
+        seed: int | None,
         seeds: Path | None = None,
         command: str = "",
+        changed_settings: str = REFUSE,
         batch: BatchOptions | None = None,
         language: str | None = None,
     ):  # -> selfinstruct.pipeline.Pipeline
@@ -287,6 +358,7 @@ class ModelOptions:
             command=command,
             **(batch.pipeline_options() if batch is not None else {}),
             language=language,
+            changed_settings=changed_settings,
         )
 
 

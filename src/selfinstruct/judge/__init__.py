@@ -9,7 +9,7 @@ the three questions and the rating for every (instruction, input, output) of ste
 `all_generated_instances.jsonl`, through the engine (concurrency, retries, budgets), and appends
 one line per example to the run folder's `judgments.jsonl` as answers arrive. A rerun skips the
 examples this model has already rated; an answer that cannot be read is counted by reason and
-left unrated, so the next run asks again.
+left unrated, so the next run asks again, up to a set number of times an example.
 
 `calibrate` measures the judge before anyone filters with it: against ratings people gave on the
 review page (`reviews.jsonl`), a file of rated examples, and the paper's own human evaluation of
@@ -33,7 +33,14 @@ from selfinstruct.judge.calibration import (
     default_predictions_dir,
     plan_calibration,
 )
-from selfinstruct.judge.rate import JudgeSettings, judge_run, load_ratings, model_id
+from selfinstruct.judge.rate import (
+    JudgeSettings,
+    find_judge,
+    judge_run,
+    judges_of,
+    load_ratings,
+    model_id,
+)
 from selfinstruct.judge.rubric import (
     QUESTION_TEXT,
     QUESTIONS,
@@ -67,7 +74,9 @@ __all__ = [
     "cohen_kappa",
     "default_predictions_dir",
     "judge_prompt",
+    "find_judge",
     "judge_run",
+    "judges_of",
     "load_ratings",
     "meets",
     "model_id",

@@ -25,6 +25,7 @@ from selfinstruct.records import Example, Rating
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
 from selfinstruct.steps.common import batched
+from selfinstruct.validation import check_values
 
 Warn = Callable[[str], None]
 
@@ -50,6 +51,21 @@ class JudgeSettings:
     request_batch_size: int = 5  # prompts per request where the API takes a list
     max_field_chars: int = 3000  # instruction, input and output are each cut to this
     max_tokens: int = JUDGE_MAX_TOKENS
+    # An example whose answers could not be read this many times is not asked again: the judge
+    # will not rate it (a refusal, a format it cannot follow); it counts as unrated, by reason.
+    max_unreadable: int = 3
+
+    def __post_init__(self) -> None:
+        check_values(
+            self,
+            {
+                "num_examples": (1, None),
+                "request_batch_size": (1, None),
+                "max_field_chars": (1, None),
+                "max_tokens": (1, None),
+                "max_unreadable": (1, None),
+            },
+        )
 
 
 @dataclass
@@ -129,6 +145,30 @@ def _judge_items(
     return tally
 
 
+def judges_of(run: RunFolder | str | Path, *, warn: Warn | None = None) -> list[str]:
+    """The judges (as `model_id` names them) with at least one rating in the run, in the
+    order they first rated; lines that name no judge (written by hand) count as one, "None"."""
+    run = RunFolder.of(run)
+    found: dict[str, None] = {}
+    for record in iter_jsonl(run.judgments_file, warn=warn):
+        if normalize_rating(record.get("rating")):
+            found.setdefault(str(record.get("model")), None)  # "None": a line naming no judge
+    return list(found)
+
+
+def find_judge(judges: list[str], name: str) -> str | None:
+    """The one judge `name` stands for: its full id, the id without its ?options, or the
+    model's name alone ("gpt-4o-mini" for "openai:gpt-4o-mini?api=chat"); None if no judge or
+    several match."""
+
+    def forms(judge: str) -> set[str]:
+        bare = judge.split("?", 1)[0]
+        return {judge, bare, bare.split(":", 1)[-1]}
+
+    matches = [j for j in judges if name in forms(j)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def load_ratings(
     run: RunFolder | str | Path, *, model: str | None = None, warn: Warn | None = None
 ) -> dict[str, str]:
@@ -153,9 +193,10 @@ def judge_run(
     Appends to `run.judgments_file` one line per answer as it arrives (`key`, `instruction`,
     `input`, `output`, `rating`, `valid_instruction`, `input_fits`, `output_correct`, `raw`,
     `model`, `unparsed`); an answer without a readable rating is written with `rating: null`
-    and its reason, counted, and asked again by the next run. Request failures are counted by
-    reason. Returns the step's report: counts per rating (in the file, for this model) and the
-    examples left unrated by reason.
+    and its reason, counted, and asked again by the next run, up to `max_unreadable` answers an
+    example; then it stays unrated, counted by reason. Request failures are counted by reason.
+    Returns the step's report: counts per rating (in the file, for this model) and the examples
+    left unrated by reason.
     """
     s = settings or JudgeSettings()
     run = RunFolder.of(run)
@@ -164,11 +205,13 @@ def judge_run(
     if s.num_examples is not None:
         examples = examples[: s.num_examples]
     who = model_id(ctx.model)
-    report = StepReport("judge", outputs=[str(run.judgments_file)])
+    report = ctx.new_report("judge", outputs=[str(run.judgments_file)])
     # Reading with repair cuts a torn last line before the appender opens the file.
     list(iter_jsonl(run.judgments_file, repair=True, warn=warn))
     done = run.judgments(model=who, rated_only=True)
-    pending = [e for e in examples if e.key not in done]
+    unreadable = _unreadable(run, who)
+    given_up = {k: r for k, r in unreadable.items() if len(r) >= s.max_unreadable}
+    pending = [e for e in examples if e.key not in done and e.key not in given_up]
     with (
         JsonlAppender(run.judgments_file, warn=warn) as out,
         ctx.reporter.bar("judge", len(examples), completed=len(examples) - len(pending)) as bar,
@@ -188,5 +231,28 @@ def judge_run(
         "unrated": len(examples) - len(in_file),
     }
     report.dropped = dict(tally.dropped)
-    report.complete = len(in_file) == len(examples)
+    # Given up on: unrated for good, by the reason of their last unreadable answer.
+    unreadable = _unreadable(run, who)
+    gave_up = Counter(
+        unreadable[k][-1]
+        for k in (e.key for e in examples)
+        if k not in rated and len(unreadable.get(k, ())) >= s.max_unreadable
+    )
+    for reason, n in gave_up.items():
+        report.counts[f"unrated_given_up_{reason}"] = n
+    if gave_up:
+        ctx.reporter.info(
+            f"judge: {sum(gave_up.values())} examples left unrated after {s.max_unreadable}"
+            " unreadable answers each; they are not asked again (counted above by reason)"
+        )
+    report.complete = len(in_file) + sum(gave_up.values()) == len(examples)
     return report
+
+
+def _unreadable(run: RunFolder, who: str) -> dict[str, list[str]]:
+    """key -> the reasons of this judge's unreadable answers to it, in file order."""
+    found: dict[str, list[str]] = {}
+    for record in iter_jsonl(run.judgments_file):
+        if record.get("model") == who and record.get("rating") is None:
+            found.setdefault(str(record.get("key")), []).append(str(record.get("unparsed")))
+    return found

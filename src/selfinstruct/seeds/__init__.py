@@ -91,11 +91,13 @@ def _read(path: Path) -> tuple[list[SeedTask], list[SeedProblem]]:
 
 def _read_plain_lines(shown: str, text: str) -> tuple[list[SeedTask], list[SeedProblem]]:
     tasks: list[SeedTask] = []
-    for line in text.splitlines():
+    lines: list[int] = []  # each task's line in the file (blank lines count)
+    for number, line in enumerate(text.splitlines(), start=1):
         instruction = line.strip()
         if instruction:
             tasks.append(_plain_task(len(tasks), instruction, False))
-    return tasks, _duplicate_instructions(shown, tasks, list(range(1, len(tasks) + 1)))
+            lines.append(number)
+    return tasks, _duplicate_instructions(shown, tasks, lines)
 
 
 def _plain_task(index: int, instruction: str, is_classification: bool) -> SeedTask:
@@ -217,8 +219,11 @@ def _duplicate_instructions(
     return problems
 
 
+def seeds_text(tasks: list[SeedTask]) -> str:
+    """Tasks in the original `seed_tasks.jsonl` format."""
+    return "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in tasks)
+
+
 def write_seed_tasks(tasks: list[SeedTask], path: str | Path) -> None:
     """Write tasks in the original `seed_tasks.jsonl` format."""
-    Path(path).write_text(
-        "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in tasks), encoding="utf-8"
-    )
+    Path(path).write_text(seeds_text(tasks), encoding="utf-8")

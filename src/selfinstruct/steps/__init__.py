@@ -48,6 +48,15 @@ class StepContext:
     engine: EngineSettings = field(default_factory=EngineSettings)
     reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
     runner: asyncio.Runner | None = None
+    # The reports the step has started, so that the usage of a step stopped halfway (Ctrl-C,
+    # SIGTERM, a crash) can still be recorded.
+    started: list[StepReport] = field(default_factory=list)
+
+    def new_report(self, step: str, **fields: Any) -> StepReport:
+        report = StepReport(step, **fields)
+        self.started.append(report)
+        return report
+
     #: builds the engine a step drives, from (step name, usage, jitter seed); None: the online
     #: `Engine`. Batch API mode puts a `BatchEngine` here: same interface, so steps are unchanged.
     engines: Callable[[str, Usage, int | None], Any] | None = None

@@ -15,6 +15,7 @@ from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport
 from selfinstruct.steps.common import batched
 from selfinstruct.steps.parsing import answer_kind, classification_answer
+from selfinstruct.validation import check_values
 
 PAPER_SAMPLING = Sampling(
     max_tokens=3,
@@ -37,6 +38,9 @@ class ClassifySettings:
     lenient_labels: bool = False
     sampling: Sampling = field(default_factory=lambda: PAPER_SAMPLING)
 
+    def __post_init__(self) -> None:
+        check_values(self, {"num_instructions": (1, None), "request_batch_size": (1, None)})
+
 
 def identify_classification(
     ctx: StepContext, run: str | Path | RunFolder, settings: ClassifySettings | None = None
@@ -49,7 +53,7 @@ def identify_classification(
         if s.output_file
         else rf.classification_file_for(ctx.model.info.name)
     )
-    report = StepReport("classify", outputs=[str(out_path)])
+    report = ctx.new_report("classify", outputs=[str(out_path)])
     input_path = rf.path / s.input_file if s.input_file else None
     records = rf.read_instructions(path=input_path, limit=s.num_instructions, warn=warn)
     done = rf.done_instructions(out_path, warn=warn)

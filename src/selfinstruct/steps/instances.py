@@ -19,6 +19,7 @@ from selfinstruct.records import InstanceGeneration
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepContext, StepReport, response_metadata
 from selfinstruct.steps.common import batched
+from selfinstruct.validation import check_values
 
 # The classification template is longer, so the paper left it fewer tokens.
 CLASSIFICATION_MAX_TOKENS = 300
@@ -52,6 +53,16 @@ class InstanceSettings:
     output_file: str | None = None  # default: the run folder's instances file
     classification_file: str | None = None  # default: the folder's is_clf_or_not file
 
+    def __post_init__(self) -> None:
+        check_values(
+            self,
+            {
+                "max_instances_to_generate": (1, None),
+                "num_instructions": (1, None),
+                "request_batch_size": (1, None),
+            },
+        )
+
 
 def generate_instances(
     ctx: StepContext, run: str | Path | RunFolder, settings: InstanceSettings | None = None
@@ -60,7 +71,7 @@ def generate_instances(
     rf = RunFolder.of(run)
     warn = ctx.reporter.warn
     out_path = rf.path / s.output_file if s.output_file else rf.instances
-    report = StepReport("instances", outputs=[str(out_path)])
+    report = ctx.new_report("instances", outputs=[str(out_path)])
     records, labels, unlabelled = _tasks(rf, s, warn)
     done = rf.done_instructions(out_path, warn=warn)
     pending = sum(1 for r in records if r["instruction"] not in done)

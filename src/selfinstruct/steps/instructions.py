@@ -54,6 +54,7 @@ from selfinstruct.similarity import RougeLIndex
 from selfinstruct.steps import StepContext, StepReport, response_metadata
 from selfinstruct.steps.ordered import AnswerLog, InOrder, Outcome
 from selfinstruct.steps.parsing import capitalize_first, split_numbered_list
+from selfinstruct.validation import check_values
 
 PAPER_SAMPLING = Sampling(
     max_tokens=1024,
@@ -88,6 +89,19 @@ class InstructionSettings:
     lag: int = 64
     sampling: Sampling = field(default_factory=lambda: PAPER_SAMPLING)
 
+    def __post_init__(self) -> None:
+        check_values(
+            self,
+            {
+                "num_instructions": (1, None),
+                "num_prompt_instructions": (2, None),
+                "num_machine_in_prompt": (0, None),
+                "request_batch_size": (1, None),
+                "similarity_threshold": (0, 1),
+                "max_stalled_requests": (1, None),
+            },
+        )
+
 
 def generate_instructions(
     ctx: StepContext,
@@ -103,7 +117,7 @@ def generate_instructions(
     if s.classification_only:
         seeds = [t for t in seeds if t.is_classification]
     folder = RunFolder.of(run)
-    report = StepReport("instructions", outputs=[str(folder.instructions)])
+    report = ctx.new_report("instructions", outputs=[str(folder.instructions)])
     state = _Bootstrap(ctx, s, [t.instruction for t in seeds], folder)
     with (
         JsonlAppender(folder.instructions, warn=ctx.reporter.warn) as kept,

@@ -24,6 +24,7 @@ from selfinstruct.progress import Reporter
 from selfinstruct.records import Example, SeedTask
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepReport, finish_reason_of
+from selfinstruct.validation import check_values
 
 _OUTPUT_MARK = re.compile(r"Output\s*\d*\s*:")
 _INPUT_MARK = re.compile(r"Input\s*\d*\s*:")
@@ -37,10 +38,13 @@ class PrepareSettings:
     classification_files: list[str] | None = None  # default: the folder's is_clf_or_not file
     output_dir: str | None = None  # default: the run folder's finetuning_data/
     num_instructions: int | None = None
-    include_seed_tasks: bool = False
+    include_seed_tasks: bool = True  # as `run` and the released shell script
     max_instances_per_task: int = 5
     end_token: str = END_TOKEN
     seed: int = 123
+
+    def __post_init__(self) -> None:
+        check_values(self, {"num_instructions": (1, None), "max_instances_per_task": (1, None)})
 
 
 def parse_input_output(text: str) -> tuple[str, str]:
@@ -166,11 +170,17 @@ def prepare_finetuning(
     reporter: Reporter | None = None,
     filters: list[ExampleFilter] = (),
     ratings: Mapping[str, str] | None = None,
+    rating_filter: ExampleFilter | None = None,
 ) -> StepReport:
-    """Step 4. `filters` drop examples with a reason (the judge's ratings and decontamination
-    plug in here); every drop is counted by reason and written, with its details, to
+    """Step 4. `filters` drop examples with a reason (decontamination plugs in here); every
+    drop is counted by reason and written, with its details, to
     `finetuning_data/dropped_examples.jsonl`. With `ratings` (example key -> the judge's
-    rating), each record of all_generated_instances.jsonl carries its rating."""
+    rating), each record of all_generated_instances.jsonl carries its rating.
+
+    `rating_filter` (the judge's minimum rating) applies to the generated examples only, after
+    all_generated_instances.jsonl is written whole (the judge and the review page read it): the
+    kept ones go to their own file and on to training. The seed tasks' examples were written by
+    people and are never rated, so it never drops them."""
     s = settings or PrepareSettings()
     reporter = reporter or Reporter(quiet=True)
     rf = run if isinstance(run, RunFolder) else RunFolder(run)
@@ -189,6 +199,14 @@ def prepare_finetuning(
 
     outputs = [out.all_instances]
     write_jsonl_atomic(out.all_instances, (_with_rating(e, ratings).to_dict() for e in generated))
+    if rating_filter is not None:
+        generated = _apply_filters(generated, [rating_filter], dropped, removed)
+        write_jsonl_atomic(
+            out.rated_instances, (_with_rating(e, ratings).to_dict() for e in generated)
+        )
+        outputs.append(out.rated_instances)
+    else:
+        out.rated_instances.unlink(missing_ok=True)  # an earlier run's, with another minimum
     if s.num_instructions is not None and s.num_instructions < len(unique_instructions):
         chosen = set(rng.sample(unique_instructions, s.num_instructions))
         generated = [e for e in generated if e.instruction in chosen]
