@@ -65,7 +65,7 @@ def test_two_node_cluster_survives_a_node_killed_mid_run(tmp_path: Path) -> None
     args = [
         "run", "--out", str(out), "--num-instructions", "20", "--model", "local",
         "--replicas", "2", "--replica-cpus", "1", "--ray-address", cluster.address,
-        "--timeout", "60", "--seed", "7", "--no-decontaminate", "-q",
+        "--timeout", "300", "--seed", "7", "--no-decontaminate", "-q",
     ]  # fmt: skip
     killed: dict[str, float] = {}
     try:

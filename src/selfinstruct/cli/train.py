@@ -434,6 +434,7 @@ def evaluate_command(
         api_key=opts.api_key,
         timeout=opts.timeout,
         seed=seed,
+        replicas=opts.replica_settings(),
     )
     _print_scores([result.scores], table_format, ranked=False)
     _raise_if_unfinished(result, out)
