@@ -71,7 +71,7 @@ class _Member:
     model: Model
     stats: MemberStats = field(default_factory=MemberStats)
     outstanding: int = 0
-    in_flight_failures: int = 0  # failures in a row (reset by an answer)
+    failures_in_a_row: int = 0  # reset by an answer
     latency: float = 0.0  # moving average of answered requests, seconds
     ready_at: float = 0.0  # cooling down until then (monotonic)
     out_since: float | None = None  # out of rotation since then
@@ -182,18 +182,18 @@ class FleetModel(Model):
             s.prompt_tokens += c.prompt_tokens
             s.completion_tokens += c.completion_tokens
         member.latency = seconds if not member.latency else 0.8 * member.latency + 0.2 * seconds
-        member.in_flight_failures = 0
+        member.failures_in_a_row = 0
         member.probe_delay = 0.0  # a real answer: the next fall starts from a short probe again
 
     def _failed(self, member: _Member, error: TransientModelError) -> None:
         now = time.monotonic()
         member.stats.failures[error.reason] += 1
-        member.in_flight_failures += 1
-        if error.reason in GONE or member.in_flight_failures >= OUT_AFTER:
+        member.failures_in_a_row += 1
+        if error.reason in GONE or member.failures_in_a_row >= OUT_AFTER:
             self._take_out(member, now)
             return
         # A passing failure: a short rest, or what the member asked for (Retry-After).
-        rest = min(self.probe_max, self.probe_base * 2 ** (member.in_flight_failures - 1))
+        rest = min(self.probe_max, self.probe_base * 2 ** (member.failures_in_a_row - 1))
         if error.retry_after is not None:
             rest = max(rest, min(error.retry_after, self.probe_max * 6))
         member.ready_at = max(member.ready_at, now + rest)
@@ -213,7 +213,7 @@ class FleetModel(Model):
             return
         member.stats.seconds_out_of_rotation += now - member.out_since
         member.out_since = None
-        member.in_flight_failures = 0
+        member.failures_in_a_row = 0
         member.ready_at = now
 
     def _start_due_probes(self, now: float) -> None:
