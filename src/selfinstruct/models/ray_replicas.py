@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+import logging
 import math
 import os
 import shutil
@@ -113,7 +114,12 @@ class _RaySession:
         if ray.is_initialized():
             return None  # the caller's own Ray session: theirs to end
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        # Ray's own start-up chatter stays out of our output; its warnings do not.
+        common: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+        }
         if settings.address is None:
             temp_dir = tempfile.mkdtemp(prefix="si-ray-")
             need = math.ceil(settings.replicas * settings.num_cpus)
