@@ -45,9 +45,10 @@ def load_model(
         return RayReplicaModel.start(
             parsed, replicas or ReplicaSettings(), seed=seed, timeout=timeout
         )
-    if replicas is not None and replicas.replicas > 1:
+    if replicas is not None:
         raise ConfigError(
-            f"--replicas: {parsed.backend} models are servers; give several --base-url instead"
+            f"--replicas, --ray-address: {parsed.backend} models are servers; give several"
+            " --base-url instead"
         )
     if parsed.backend == "local":
         from selfinstruct.models.llamacpp import LlamaCppModel
