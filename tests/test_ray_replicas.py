@@ -139,14 +139,14 @@ def test_a_local_ray_is_started_for_the_run_and_stopped_after(tmp_path: Path) ->
 
 
 def test_replicas_of_a_server_model_are_refused() -> None:
-    with pytest.raises(ConfigError, match="several --base-url"):
+    with pytest.raises(ConfigError, match="several `base_url`"):
         load_model("openai:m", base_url="http://127.0.0.1:9/v1", replicas=ReplicaSettings(2))
 
 
 def test_bad_replica_settings_name_the_option() -> None:
-    with pytest.raises(ConfigError, match="--replicas 0"):
+    with pytest.raises(ConfigError, match="`replicas` 0"):
         ReplicaSettings(replicas=0)
-    with pytest.raises(ConfigError, match="--replica-cpus"):
+    with pytest.raises(ConfigError, match="`replica_cpus`"):
         ReplicaSettings(num_cpus=0)
 
 

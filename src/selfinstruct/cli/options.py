@@ -16,8 +16,8 @@ import click
 
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ConfigError
-from selfinstruct.steps.instructions import InstructionSettings
 from selfinstruct.models import ReplicaSettings
+from selfinstruct.steps.instructions import InstructionSettings
 
 DEFAULT_MODEL = "local"
 

@@ -47,8 +47,8 @@ def load_model(
         )
     if replicas is not None:
         raise ConfigError(
-            f"--replicas, --ray-address: {parsed.backend} models are servers; give several"
-            " --base-url instead"
+            f"`replicas`, `ray_address`: {parsed.backend} models are servers; give several"
+            " `base_url` instead"
         )
     if parsed.backend == "local":
         from selfinstruct.models.llamacpp import LlamaCppModel

@@ -55,7 +55,7 @@ def _import_ray() -> Any:
         import ray
     except ImportError:
         raise MissingExtraError(
-            "--replicas and vllm: models run on Ray, which is not installed:"
+            "`replicas` and vllm: models run on Ray, which is not installed:"
             " pip install 'selfinstruct[ray]'"
         ) from None
     return ray
@@ -136,7 +136,7 @@ class _RaySession:
         try:
             ray.init(address=settings.address, **common)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"--ray-address {settings.address}: cannot connect ({e})") from None
+            raise ConfigError(f"`ray_address` {settings.address}: cannot connect ({e})") from None
         return cls(ray, None)
 
     def close(self) -> None:
@@ -152,8 +152,8 @@ def _check_resources(ray: Any, spec: ModelSpec, settings: ReplicaSettings) -> No
     have = ray.cluster_resources().get("GPU", 0)
     if need > have:
         raise ConfigError(
-            f"--model {spec}: {settings.replicas} replica(s) need {need:g} GPU(s), and the Ray"
-            f" cluster has {have:g} (--replica-gpus sets the share per replica)"
+            f"`model` {spec}: {settings.replicas} replica(s) need {need:g} GPU(s), and the Ray"
+            f" cluster has {have:g} (`replica_gpus` sets the share per replica)"
         )
 
 
@@ -161,8 +161,8 @@ def require_vllm(spec: ModelSpec) -> None:
     """A clear stop where vLLM or a GPU is missing, before anything is started."""
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError(
-            f"--model {spec}: vLLM is not installed (pip install vllm, on a machine with an"
-            " NVIDIA GPU); on a CPU use --model local --replicas N"
+            f"`model` {spec}: vLLM is not installed (pip install vllm, on a machine with an"
+            " NVIDIA GPU); on a CPU use the `model` local with `replicas`"
         )
 
 
@@ -297,7 +297,7 @@ class VllmEngine:
             from vllm import LLM
         except ImportError as e:
             raise ConfigError(
-                f"--model {spec}: vLLM is not importable on this node ({e})"
+                f"`model` {spec}: vLLM is not importable on this node ({e})"
             ) from None
         opts = spec.options
         kwargs: dict[str, Any] = {"model": spec.name, "seed": seed}
@@ -311,7 +311,7 @@ class VllmEngine:
                 if name in opts:
                     kwargs[name] = kind(opts[name])
         except ValueError:
-            raise ConfigError(f"--model {spec}: a vLLM option is not a number") from None
+            raise ConfigError(f"`model` {spec}: a vLLM option is not a number") from None
         self.chat = spec.api == "chat"
         self.llm = LLM(**kwargs)
         self.batcher = MicroBatcher(self._generate)

@@ -101,11 +101,11 @@ class ReplicaSettings:
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
-            raise ConfigError(f"--replicas {self.replicas}: at least 1")
+            raise ConfigError(f"`replicas` {self.replicas}: at least 1")
         if self.num_cpus <= 0:
-            raise ConfigError(f"--replica-cpus {self.num_cpus}: must be above 0")
+            raise ConfigError(f"`replica_cpus` {self.num_cpus}: must be above 0")
         if self.num_gpus is not None and self.num_gpus < 0:
-            raise ConfigError(f"--replica-gpus {self.num_gpus}: must be 0 or more")
+            raise ConfigError(f"`replica_gpus` {self.num_gpus}: must be 0 or more")
 
     def gpus(self, backend: str) -> float:
         if self.num_gpus is not None:
