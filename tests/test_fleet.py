@@ -63,7 +63,7 @@ def test_three_endpoints_one_killed_another_started_on_a_spare_port(tmp_path: Pa
     the list that was dead at the start: the run finishes, nothing lost or duplicated, and
     run.json's counts say what happened."""
     logs = {name: tmp_path / f"{name}.jsonl" for name in ("fast", "medium", "slow", "spare")}
-    fast = start_fault_server(latency=0.02, log_path=logs["fast"], seed=1)
+    fast = start_fault_server(latency=0.05, log_path=logs["fast"], seed=1)
     medium = start_fault_server(latency=0.15, log_path=logs["medium"], seed=1)
     slow = start_fault_server(latency=0.4, log_path=logs["slow"], seed=1)
     spare_port = free_port()
@@ -71,10 +71,10 @@ def test_three_endpoints_one_killed_another_started_on_a_spare_port(tmp_path: Pa
     servers = [fast, medium, slow]
     out = tmp_path / "run"
     try:
-        args = ["run", "--out", str(out), "--model", MODEL, "--num-instructions", "150"]
+        args = ["run", "--out", str(out), "--model", MODEL, "--num-instructions", "300"]
         for url in (fast.base_url, medium.base_url, slow.base_url, spare_url):
             args += ["--base-url", url]
-        args += ["--concurrency", "6", "--request-batch-size", "1", "--seed", "3", "-q"]
+        args += ["--concurrency", "4", "--request-batch-size", "1", "--seed", "3", "-q"]
         args += ["--no-decontaminate"]
         proc = subprocess.Popen(cli(*args), stderr=subprocess.PIPE, text=True)
 
@@ -95,7 +95,7 @@ def test_three_endpoints_one_killed_another_started_on_a_spare_port(tmp_path: Pa
 
     folder = RunFolder(out)
     instructions = [r["instruction"] for r in read_jsonl(folder.instructions)]
-    assert len(instructions) == 150 and len(set(instructions)) == 150
+    assert len(instructions) == 300 and len(set(instructions)) == 300
     served = {t for s in (fast, medium, slow) for e in s.read_log() for t in e["texts"]}
     served |= {t for e in servers[-1].read_log() for t in e["texts"]}
     assert all(any(i in t for t in served) for i in instructions)  # nothing made up
