@@ -15,7 +15,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PIP) install --quiet -e '.[test,finetune,hub]'
+	$(PIP) install --quiet -e '.[test,finetune,hub,ray]'
 	touch $@
 
 ## demo: generate a small Self-Instruct dataset on the embedded model into runs/demo

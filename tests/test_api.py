@@ -132,7 +132,12 @@ def test_pipeline_makes_the_same_files_as_the_cli(tmp_path: Path) -> None:
     run_a, run_b = (json.loads(f.run_file.read_text()) for f in (a, b))
     assert run_a["steps"].keys() == run_b["steps"].keys()
     for step in run_a["steps"]:
-        assert run_a["steps"][step]["counts"] == run_b["steps"][step]["counts"], step
+        # Answers that arrive after the pool is full depend on timing, not on the data.
+        counts_a, counts_b = (
+            {k: v for k, v in r["steps"][step]["counts"].items() if k != "answers_not_needed"}
+            for r in (run_a, run_b)
+        )
+        assert counts_a == counts_b, step
     assert run_a["usage"] == run_b["usage"]
     assert "api_key" not in a.run_file.read_text()
 

@@ -8,6 +8,7 @@
     ├── DataFileError                 exit 2   a pipeline file malformed beyond a torn last line
     ├── MissingExtraError             exit 2   an optional dependency group is not installed
     ├── ModelError                    exit 3   retrying cannot help: bad key, unknown model, ...
+    │   └── ModelUnreachable          exit 3   no answer at all (one of several may come back)
     ├── TransientModelError           (retried by the engine, never reaches the CLI)
     ├── BudgetExhausted               exit 4   --max-requests / --max-tokens-total reached
     ├── RunLockedError                exit 5   another process is using the run folder
@@ -63,6 +64,11 @@ class ModelError(SelfInstructError):
     exit_code = 3
 
 
+class ModelUnreachable(ModelError):
+    """A model's server does not answer at all (not running, wrong address). Alone it stops
+    the run; one member of several is left out and probed again later."""
+
+
 class TransientModelError(SelfInstructError):
     """A model call failed in a way that retrying may fix (timeout, 429, 5xx, malformed answer)."""
 
@@ -70,6 +76,16 @@ class TransientModelError(SelfInstructError):
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple:
+        # Picklable with its reason: a Ray replica raises it in another process.
+        return (_transient, (type(self), str(self), self.reason, self.retry_after))
+
+
+def _transient(
+    cls: type[TransientModelError], message: str, reason: str, retry_after: float | None
+) -> TransientModelError:
+    return cls(message, reason=reason, retry_after=retry_after)
 
 
 class BudgetExhausted(SelfInstructError):

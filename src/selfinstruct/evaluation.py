@@ -28,6 +28,7 @@ from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.finetune.data import Example, read_examples
 from selfinstruct.io import JsonlAppender, iter_jsonl
 from selfinstruct.models.base import Completion, Model, Sampling
+from selfinstruct.models.spec import ReplicaSettings
 from selfinstruct.progress import Reporter
 from selfinstruct.similarity import rouge_l
 
@@ -200,10 +201,11 @@ def load_answering_model(
     spec: str,
     *,
     prompt_format: str = "user",
-    base_url: str | None = None,
+    base_url: str | list[str] | None = None,
     api_key: str | None = None,
     timeout: float = 120.0,
     seed: int = 0,
+    replicas: ReplicaSettings | None = None,
 ) -> Model:
     """The model a spec names. With the `user` prompt format, a local model without an explicit
     `api=` option answers through its chat template, the way fine-tuning trained it."""
@@ -213,7 +215,9 @@ def load_answering_model(
     parsed = parse_spec(spec)
     if prompt_format == "user" and parsed.backend == "local" and "api" not in parsed.options:
         parsed = ModelSpec(parsed.backend, parsed.name, {**parsed.options, "api": "chat"})
-    return load_model(parsed, base_url=base_url, api_key=api_key, timeout=timeout, seed=seed)
+    return load_model(
+        parsed, base_url=base_url, api_key=api_key, timeout=timeout, seed=seed, replicas=replicas
+    )
 
 
 def evaluate_model(
@@ -301,13 +305,16 @@ def evaluate(
     engine: EngineSettings | None = None,
     limit: int | None = None,
     reporter: Reporter | None = None,
-    base_url: str | None = None,
+    base_url: str | list[str] | None = None,
     api_key: str | None = None,
     timeout: float = 120.0,
     seed: int = 0,
+    replicas: ReplicaSettings | None = None,
 ) -> EvalResult:
     """Answer `tasks` with `model` (a spec or a `Model`) into the predictions file `out`, then
-    score it. Resumable: answers already in `out` are kept and not asked again."""
+    score it. Resumable: answers already in `out` are kept and not asked again. `base_url` may
+    list several servers; `replicas` puts copies of a local model on Ray (see `load_model`)."""
+    loaded = isinstance(model, str)
     if isinstance(model, str):
         model = load_answering_model(
             model,
@@ -316,15 +323,20 @@ def evaluate(
             api_key=api_key,
             timeout=timeout,
             seed=seed,
+            replicas=replicas,
         )
-    return evaluate_model(
-        model,
-        tasks,
-        out,
-        prompt_format=prompt_format,
-        sampling=sampling,
-        engine=engine,
-        limit=limit,
-        reporter=reporter,
-        check=True,
-    )
+    try:
+        return evaluate_model(
+            model,
+            tasks,
+            out,
+            prompt_format=prompt_format,
+            sampling=sampling,
+            engine=engine,
+            limit=limit,
+            reporter=reporter,
+            check=True,
+        )
+    finally:
+        if loaded:
+            model.close()  # a local Ray started for it, if any

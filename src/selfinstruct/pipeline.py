@@ -43,7 +43,7 @@ from selfinstruct.identity import (
 )
 from selfinstruct.io import write_atomic
 from selfinstruct.language import Language
-from selfinstruct.models import Model, load_model
+from selfinstruct.models import Model, ReplicaSettings, load_model
 from selfinstruct.progress import Reporter
 from selfinstruct.records import Example, SeedTask
 from selfinstruct.runfile import RunFile, cost
@@ -77,6 +77,9 @@ class Pipeline:
     bars and summaries go to stderr. `language` is the seeds' language: an ISO code
     ("zh", "ru", ...), "auto" (detected from the seed tasks), or None: the language this run
     folder recorded, else English; it chooses the similarity tokenizer, threshold and filters.
+    `base_url` may list several servers, and `replicas` puts copies of a local or vLLM model
+    on a Ray cluster: either way one request goes to one of them, and run.json counts each
+    one's share.
 
     The folder's first write records the run's identity (seed tasks, model, seed, each step's
     data-changing settings: see `selfinstruct.identity`); a step asked for other values raises
@@ -92,8 +95,9 @@ class Pipeline:
         *,
         seeds: list[SeedTask] | str | Path | None = None,
         engine: EngineSettings | None = None,
-        base_url: str | None = None,
+        base_url: str | list[str] | None = None,
         api_key: str | None = None,
+        replicas: ReplicaSettings | None = None,
         timeout: float = 120.0,
         seed: int | None = None,
         price: tuple[float, float] | None = None,
@@ -130,7 +134,12 @@ class Pipeline:
         self._seeds = seeds
         self._seeds_source = "python" if isinstance(seeds, list) else None
         self._model_spec = model
-        self._model_options = {"base_url": base_url, "api_key": api_key, "timeout": timeout}
+        self._model_options = {
+            "base_url": base_url,
+            "api_key": api_key,
+            "timeout": timeout,
+            "replicas": replicas,
+        }
         self._model: Model | None = model if isinstance(model, Model) else None
         self._runner: asyncio.Runner | None = None
 
@@ -182,7 +191,10 @@ class Pipeline:
             try:
                 self._loop().run(model.check())
             except BaseException:
-                self._loop().run(model.aclose())
+                try:
+                    self._loop().run(model.aclose())
+                finally:
+                    model.close()  # a local Ray started for it, if any
                 raise
             self._model = model
         return self._model
@@ -209,15 +221,18 @@ class Pipeline:
         return self._runner
 
     def close(self) -> None:
-        """Release the model's connections and the event loop. The pipeline can be reused."""
-        if self._runner is None:
-            return
+        """Release the model's connections, the event loop and whatever the model started (a
+        local Ray). The pipeline can be reused: a model it loaded is loaded again."""
         try:
-            if self._model is not None:
+            if self._runner is not None and self._model is not None:
                 self._runner.run(self._model.aclose())
         finally:
-            self._runner.close()
-            self._runner = None
+            if self._runner is not None:
+                self._runner.close()
+                self._runner = None
+            if self._model is not None and isinstance(self._model_spec, str):
+                model, self._model = self._model, None
+                model.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -591,12 +606,19 @@ class Pipeline:
                 report: StepReport = step(ctx)
             except BaseException:
                 # Interrupted (Ctrl-C, SIGTERM) or failed halfway: what it spent is recorded.
+                members = model.take_member_stats()
                 for partial in ctx.started:
-                    self._record(partial, settings, with_model=True, extra=extra, stopped=True)
+                    self._record(
+                        partial, settings, with_model=True, extra=extra, stopped=True,
+                        members=members,
+                    )  # fmt: skip
                 raise
+            # A fleet's counts since the last step (its start-up check included) go to this one.
+            members = model.take_member_stats()
             self._spend(report)
-            self._record(report, settings, with_model=True, extra=extra)
-        self.reporter.summary(TITLES[report.step], report.rows() + self._cost_rows(report))
+            self._record(report, settings, with_model=True, extra=extra, members=members)
+        rows = report.rows() + self._cost_rows(report) + member_rows(members)
+        self.reporter.summary(TITLES[report.step], rows)
         if report.engine is not None and report.engine.budget_stop:
             raise BudgetExhausted(
                 f"stopped at the `{report.engine.budget_stop}` budget; the folder is consistent:"
@@ -665,6 +687,7 @@ class Pipeline:
         with_model: bool,
         extra: dict[str, Any] | None = None,
         stopped: bool = False,
+        members: dict[str, dict] | None = None,
     ) -> None:
         config = {**settings_dict(settings), **(extra or {})}
         model = self.model.info if with_model else None
@@ -681,9 +704,25 @@ class Pipeline:
             model=model,
             seed=self.seed if with_model else None,
             price=self.price,
+            members=members,
             batch_price=self.batch_price if with_model and self.batch is not None else None,
             stopped=stopped,
         )
+
+
+def member_rows(members: dict[str, dict[str, Any]] | None) -> list[tuple[str, Any]]:
+    """One summary row per member of a fleet: its share of the requests and its troubles."""
+    rows: list[tuple[str, Any]] = []
+    for label, m in (members or {}).items():
+        text = f"{m['succeeded']} answered of {m['requests']} sent"
+        failed = sum(m["failures"].values())
+        if failed:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(m["failures"].items()))
+            text += f"; {failed} failed ({kinds})"
+        if m["taken_out_of_rotation"]:
+            text += f"; out of rotation {m['seconds_out_of_rotation']:.1f} s"
+        rows.append((label, text))
+    return rows
 
 
 SETTINGS = {

@@ -12,10 +12,9 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from selfinstruct.io import write_atomic
-from selfinstruct.models.base import ModelInfo, Usage
+from selfinstruct.models.base import ModelInfo, Usage, safe_url
 from selfinstruct.runfolder import RunFolder
 from selfinstruct.steps import StepReport
 
@@ -49,17 +48,6 @@ def redact_argv(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     return out
-
-
-def safe_url(url: str) -> str:
-    """A URL without user:password, so that a base URL with credentials is never stored."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
 
 
 def model_record(info: ModelInfo) -> dict[str, Any]:
@@ -96,6 +84,7 @@ class RunFile:
         price: tuple[float, float] | None = None,
         batch_price: tuple[float, float] | None = None,
         stopped: bool = False,
+        members: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Merge one step's report. `batch_price`, given when the step ran through the Batch
         API, prices that step's tokens instead of `price`. `stopped`: the step was interrupted
@@ -143,6 +132,8 @@ class RunFile:
                 "completion": step_price[1],
                 "mode": "batch" if batch_price else "online",
             }
+        if members:
+            step["members"] = _add_members(step.get("members", {}), members)
         total = Usage()
         for s in d["steps"].values():
             u = s.get("usage", {})
@@ -200,4 +191,18 @@ def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             out[k] = out.get(k, 0) + v
         else:
             out[k] = v
+    return out
+
+
+def _add_members(a: dict[str, Any], b: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-member counts of a fleet (endpoints, replicas), added over resumed runs. Labels are
+    safe URLs or replica names, never a key."""
+    out = dict(a)
+    for label, counts in b.items():
+        before = out.get(safe_url(label), {})
+        merged = _add(before, counts)
+        merged["failures"] = _add(before.get("failures", {}), counts.get("failures", {}))
+        out[safe_url(label)] = {
+            k: round(v, 3) if isinstance(v, float) else v for k, v in merged.items()
+        }
     return out

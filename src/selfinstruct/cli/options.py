@@ -17,6 +17,7 @@ import click
 from selfinstruct.engine import EngineSettings
 from selfinstruct.errors import ConfigError
 from selfinstruct.identity import CONTINUE, REFUSE
+from selfinstruct.models import ReplicaSettings
 from selfinstruct.steps.instructions import InstructionSettings
 
 DEFAULT_MODEL = "local"
@@ -28,11 +29,23 @@ def _apply(f: Callable, options: list[Callable]) -> Callable:
     return f
 
 
+def _split_urls(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[str, ...]:
+    """Every --base-url, each of which (like OPENAI_BASE_URL) may hold a comma-separated list."""
+    from selfinstruct.models import base_urls
+
+    if isinstance(value, str):
+        value = (value,)
+    return tuple(base_urls(list(value or ())))
+
+
 BASE_URL = click.option(
     "--base-url",
-    default=None,
+    "base_url",
+    multiple=True,
     envvar="OPENAI_BASE_URL",
-    help="OpenAI-compatible server URL  [default: $OPENAI_BASE_URL or OpenAI's]",
+    callback=_split_urls,
+    help="OpenAI-compatible server URL; repeat it (or list several, comma-separated) to spread"
+    " requests over several servers  [default: $OPENAI_BASE_URL or OpenAI's]",
 )
 API_KEY = click.option(
     "--api-key",
@@ -54,6 +67,13 @@ RUN_ARGUMENT = click.argument(
 def run_argument(f: Callable) -> Callable:
     """The run folder, as the commands that look at a finished run take it."""
     return RUN_ARGUMENT(f)
+
+
+def one_url(urls: tuple[str, ...], what: str) -> str | None:
+    """The one --base-url of a command that talks to a single server."""
+    if len(urls) > 1:
+        raise ConfigError(f"--base-url: {what} go to one server; {len(urls)} were given")
+    return urls[0] if urls else None
 
 
 def connection_options(f: Callable) -> Callable:
@@ -87,6 +107,32 @@ def model_options(f: Callable) -> Callable:
         ),
         BASE_URL,
         API_KEY,
+        click.option(
+            "--replicas",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Copies of a local or vllm: model on a Ray cluster, each a Ray actor"
+            "  [default: 1, in this process, for local; 1 Ray replica for vllm:]",
+        ),
+        click.option(
+            "--ray-address",
+            default=None,
+            help="Ray cluster for --replicas ('auto', HOST:PORT, ray://HOST:10001)"
+            "  [default: start a local Ray for this run and stop it after]",
+        ),
+        click.option(
+            "--replica-cpus",
+            type=click.FloatRange(min=0, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="CPUs per replica (a llama.cpp replica's threads).",
+        ),
+        click.option(
+            "--replica-gpus",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="GPUs per replica  [default: 1 for vllm:, 0 for local]",
+        ),
         click.option(
             "--timeout",
             type=click.FloatRange(min=0.1),
@@ -298,8 +344,12 @@ def engine_spec(engine: str) -> str:
 @dataclasses.dataclass
 class ModelOptions:
     model_spec: str
-    base_url: str | None
+    base_url: tuple[str, ...]
     api_key: str | None
+    replicas: int | None
+    ray_address: str | None
+    replica_cpus: float
+    replica_gpus: float | None
     timeout: float
     concurrency: int | None
     max_attempts: int
@@ -328,6 +378,20 @@ class ModelOptions:
             max_tokens_total=self.max_tokens_total,
         )
 
+    def replica_settings(self) -> ReplicaSettings | None:
+        """Ray replicas when any replica option is given (vllm: models always use them)."""
+        if self.replicas is None and self.ray_address is None and self.replica_gpus is None:
+            return None
+        return ReplicaSettings(
+            replicas=self.replicas or 1,
+            address=self.ray_address,
+            num_cpus=self.replica_cpus,
+            num_gpus=self.replica_gpus,
+        )
+
+    def urls(self) -> list[str] | None:
+        return list(self.base_url) or None
+
     def parsed_price(self) -> tuple[float, float] | None:
         return parse_price(self.price, "--price")
 
@@ -349,8 +413,9 @@ class ModelOptions:
             self.model_spec,
             seeds=seeds,
             engine=self.engine(),
-            base_url=self.base_url,
+            base_url=self.urls(),
             api_key=self.api_key,
+            replicas=self.replica_settings(),
             timeout=self.timeout,
             seed=seed,
             price=self.parsed_price(),

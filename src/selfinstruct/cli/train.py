@@ -14,6 +14,7 @@ from selfinstruct.cli.options import (
     ModelOptions,
     connection_options,
     model_options,
+    one_url,
     quiet_option,
     seed_option,
 )
@@ -270,7 +271,7 @@ def _finetune_openai(data: Path, out: Path, opts: dict[str, Any], reporter: Repo
         out,
         config,
         api_key=opts["api_key"],
-        base_url=opts["base_url"],
+        base_url=one_url(opts["base_url"], "fine-tuning jobs"),
         reporter=reporter,
     )
     if result.fine_tuned_model:
@@ -429,10 +430,11 @@ def evaluate_command(
         engine=opts.engine(),
         limit=limit,
         reporter=Reporter(quiet=opts.quiet),
-        base_url=opts.base_url,
+        base_url=opts.urls(),
         api_key=opts.api_key,
         timeout=opts.timeout,
         seed=seed,
+        replicas=opts.replica_settings(),
     )
     _print_scores([result.scores], table_format, ranked=False)
     _raise_if_unfinished(result, out)

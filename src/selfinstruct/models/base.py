@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 
 @dataclass(frozen=True)
@@ -100,3 +101,29 @@ class Model(ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what is bound to the running event loop (HTTP connections); the model stays
         usable from another loop. The default has nothing to release."""
+
+    async def probe(self) -> None:
+        """A cheap sign of life, for a router that took this model out of rotation: returns
+        when the model answers again, raises otherwise. The default is `check`."""
+        await self.check()
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what outlives event loops (a Ray cluster started for this model). The model
+        cannot be used afterwards. The default has nothing to release."""
+
+    def take_member_stats(self) -> dict[str, dict] | None:
+        """Per-member counts since the last call, for a model that routes to others (run.json
+        records them per step); None for a single model."""
+        return None
+
+
+def safe_url(url: str) -> str:
+    """A URL without user:password, so that a base URL with credentials is never stored or
+    printed."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)

@@ -16,8 +16,8 @@ import openai
 from openai.types import Completion as APICompletion
 from openai.types.chat import ChatCompletion
 
-from selfinstruct.errors import ConfigError, ModelError, TransientModelError
-from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling
+from selfinstruct.errors import ConfigError, ModelError, ModelUnreachable, TransientModelError
+from selfinstruct.models.base import Completion, Model, ModelInfo, Sampling, safe_url
 from selfinstruct.models.spec import ModelSpec
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -88,6 +88,8 @@ class OpenAIModel(Model):
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip(
             "/"
         )
+        # Messages name the server without any user:password in its URL.
+        self._where = safe_url(self.base_url)
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if self.base_url == DEFAULT_BASE_URL:
@@ -160,8 +162,8 @@ class OpenAIModel(Model):
         try:
             await self._client.models.list()
         except openai.APIConnectionError as e:
-            raise ModelError(
-                f"cannot reach {self.base_url} ({self._scrub(str(e.__cause__ or e))});"
+            raise ModelUnreachable(
+                f"cannot reach {self._where} ({self._scrub(str(e.__cause__ or e))});"
                 " is the server running? (`base_url` / OPENAI_BASE_URL)"
             ) from None
         except openai.APIStatusError as e:
@@ -206,7 +208,7 @@ class OpenAIModel(Model):
             return self._completions_of(APICompletion.model_validate(body), prompts)
         except ValueError as e:
             raise TransientModelError(
-                f"{self.base_url}: unreadable response ({type(e).__name__})", reason="malformed"
+                f"{self._where}: unreadable response ({type(e).__name__})", reason="malformed"
             ) from None
 
     def api_client(self) -> openai.AsyncOpenAI:
@@ -222,18 +224,23 @@ class OpenAIModel(Model):
             return await self._completions(prompts, body)
         except openai.APIStatusError as e:
             raise self._classify(e) from None
-        except openai.APITimeoutError:
+        except openai.APITimeoutError as e:
+            if _connection_failed(e):
+                raise TransientModelError(
+                    f"{self._where}: connection failed ({_connection_failed(e)})",
+                    reason="connection",
+                ) from None
             raise TransientModelError(
-                f"{self.base_url}: request timed out", reason="timeout"
+                f"{self._where}: request timed out", reason="timeout"
             ) from None
         except openai.APIConnectionError as e:
             raise TransientModelError(
-                f"{self.base_url}: connection failed ({self._scrub(str(e.__cause__ or e))})",
+                f"{self._where}: connection failed ({self._scrub(str(e.__cause__ or e))})",
                 reason="connection",
             ) from None
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as e:
             raise TransientModelError(
-                f"{self.base_url}: unreadable response ({type(e).__name__})", reason="malformed"
+                f"{self._where}: unreadable response ({type(e).__name__})", reason="malformed"
             ) from None
 
     async def _completions(self, prompts: list[str], params: dict[str, Any]) -> list[Completion]:
@@ -277,7 +284,7 @@ class OpenAIModel(Model):
         choices = list(response.choices or [])
         if len(choices) != prompts:
             raise TransientModelError(
-                f"{self.base_url}: {len(choices)} choices for {prompts} prompts",
+                f"{self._where}: {len(choices)} choices for {prompts} prompts",
                 reason="empty_choices" if not choices else "malformed",
             )
         choices.sort(key=lambda c: c.index)
@@ -301,7 +308,7 @@ class OpenAIModel(Model):
 
     def _chat_completion(self, response: ChatCompletion) -> Completion:
         if not response.choices:
-            raise TransientModelError(f"{self.base_url}: no choices", reason="empty_choices")
+            raise TransientModelError(f"{self._where}: no choices", reason="empty_choices")
         choice = response.choices[0]
         usage = response.usage
         return Completion(
@@ -317,13 +324,13 @@ class OpenAIModel(Model):
             if _error_code(e) == "insufficient_quota":
                 return self._fatal(e)
             return TransientModelError(
-                f"{self.base_url}: rate limited (429)",
+                f"{self._where}: rate limited (429)",
                 reason="429",
                 retry_after=_retry_after(e.response),
             )
         if status in (408, 409) or status >= 500:
             return TransientModelError(
-                f"{self.base_url}: server error {status}",
+                f"{self._where}: server error {status}",
                 reason=str(status),
                 retry_after=_retry_after(e.response),
             )
@@ -336,8 +343,8 @@ class OpenAIModel(Model):
         if e.status_code == 401:
             hint = " (check `api_key` / OPENAI_API_KEY)"
         elif e.status_code == 404:
-            hint = f" (is model '{self.model}' served at {self.base_url}?)"
-        return ModelError(f"{self.base_url}: {what}: {detail}{hint}")
+            hint = f" (is model '{self.model}' served at {self._where}?)"
+        return ModelError(f"{self._where}: {what}: {detail}{hint}")
 
     async def aclose(self) -> None:
         # Only this loop's client can be closed here; one made on an earlier, finished loop
@@ -346,6 +353,18 @@ class OpenAIModel(Model):
         self._clients.clear()
         if client is not None:
             await client.close()
+
+
+def _connection_failed(e: BaseException) -> str | None:
+    """What failed, where a "timeout" is really a connection refused or cut (the aiohttp
+    transport reports a refused connection as a connect timeout): a router must tell a server
+    that is gone from one that is slow."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ConnectionError) or type(seen).__name__ == "ServerDisconnectedError":
+            return f"{type(seen).__name__}: {seen}"[:200]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _retry_after(response: Any) -> float | None:

@@ -8,6 +8,8 @@
     openai:gpt-4o-mini                     any OpenAI-compatible server, chat API (the default)
     openai:davinci-002?api=completions     the completions API: the paper's plain-text prompts
     openai:llama3?api=completions&batch=1  one prompt per request (servers that take no list)
+    vllm:Qwen/Qwen2.5-7B-Instruct          vLLM's offline engine in Ray replicas on GPUs
+                                           (`ReplicaSettings`; needs vLLM and a GPU per replica)
 
 Base URL and key never go in a spec: they come from --base-url / --api-key or OPENAI_BASE_URL /
 OPENAI_API_KEY, so a spec can be logged and stored in run.json safely.
@@ -20,11 +22,12 @@ from urllib.parse import parse_qsl
 
 from selfinstruct.errors import ConfigError
 
-BACKENDS = ("local", "openai")
+BACKENDS = ("local", "openai", "vllm")
 APIS = ("completions", "chat")
 _OPTIONS = {
     "local": {"api", "lora", "lora_scale", "n_ctx", "threads"},
     "openai": {"api", "batch"},
+    "vllm": {"api", "dtype", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size"},
 }
 
 
@@ -36,7 +39,7 @@ class ModelSpec:
 
     @property
     def api(self) -> str:
-        return self.options.get("api", "completions" if self.backend == "local" else "chat")
+        return self.options.get("api", "chat" if self.backend == "openai" else "completions")
 
     def __str__(self) -> str:
         text = self.backend + (f":{self.name}" if self.name else "")
@@ -55,11 +58,14 @@ def parse_spec(text: str) -> ModelSpec:
     backend = backend.strip().lower()
     if backend not in BACKENDS:
         raise ConfigError(
-            f"`model` {text!r}: unknown backend {backend!r}; use 'local[:PATH.gguf]' or "
-            "'openai:MODEL'"
+            f"`model` {text!r}: unknown backend {backend!r}; use 'local[:PATH.gguf]',"
+            " 'openai:MODEL' or 'vllm:MODEL'"
         )
-    if backend == "openai" and not name:
-        raise ConfigError(f"`model` {text!r}: name the model, e.g. 'openai:gpt-4o-mini'")
+    if backend in ("openai", "vllm") and not name:
+        raise ConfigError(
+            f"`model` {text!r}: name the model, e.g. 'openai:gpt-4o-mini' or"
+            " 'vllm:Qwen/Qwen2.5-7B-Instruct'"
+        )
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
@@ -76,3 +82,32 @@ def parse_spec(text: str) -> ModelSpec:
     if options.get("api", APIS[0]) not in APIS:
         raise ConfigError(f"`model` {text!r}: api must be 'completions' or 'chat'")
     return ModelSpec(backend=backend, name=name.strip(), options=options)
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """Copies of a local (llama.cpp) or vLLM model on a Ray cluster, one Ray actor each."""
+
+    replicas: int = 1
+    #: a Ray cluster ("auto", "HOST:PORT", "ray://HOST:10001"); None starts a local Ray for the
+    #: run and stops it after
+    address: str | None = None
+    #: CPUs Ray reserves for each replica; also a llama.cpp replica's threads
+    num_cpus: float = 1.0
+    #: GPUs each replica needs; None: 1 for vLLM, 0 for llama.cpp
+    num_gpus: float | None = None
+    #: how often Ray may restart a replica that died (-1: as often as it can)
+    max_restarts: int = -1
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ConfigError(f"`replicas` {self.replicas}: at least 1")
+        if self.num_cpus <= 0:
+            raise ConfigError(f"`replica_cpus` {self.num_cpus}: must be above 0")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ConfigError(f"`replica_gpus` {self.num_gpus}: must be 0 or more")
+
+    def gpus(self, backend: str) -> float:
+        if self.num_gpus is not None:
+            return self.num_gpus
+        return 1.0 if backend == "vllm" else 0.0
