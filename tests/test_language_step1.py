@@ -265,5 +265,8 @@ def test_all_four_steps_and_the_report_in_chinese(tmp_path: Path, zh_server: str
     stats = json.loads((out / "report" / "stats.json").read_text("utf-8"))
     # ROUGE-L to the seed tasks is the Chinese figure, not rouge-score's 0.0 for everything.
     assert sum(stats["rouge"]["hist_to_seeds"]["counts"][2:]) > 0  # some above 0.1
-    assert stats["rouge"]["seed_source"] == "the built-in zh seed tasks"
+    # The run's own copy of the seeds it was made from (the built-in Chinese set).
+    assert stats["rouge"]["seed_source"].endswith("seed_tasks.jsonl (from run.json's config)")
+    copied = (out / "seed_tasks.jsonl").read_text("utf-8")
+    assert copied == seeds.seeds_text(seeds.default("zh"))
     assert stats["rouge"]["threshold"] == language.get("zh").threshold

@@ -248,22 +248,26 @@ class Pipeline:
         run's recorded values, else the defaults; the threshold's default is the language's
         calibrated value. In Batch API mode the lag, unless given or recorded, is the round:
         `batchapi.round_requests` of the target."""
+        settings = self._instruction_settings(num_instructions=num_instructions, **options)
+        with self._started({"instructions": settings}):
+            return self._instructions(settings)
+
+    def _instruction_settings(self, **options: Any) -> InstructionSettings:
+        """Step 1's settings: given, else the run's, else the defaults; the threshold's default
+        is the language's calibrated value, and in Batch API mode the lag's is the round."""
         if "language" in options:
             self._language = options.pop("language")
         options = {k: v for k, v in options.items() if v is not None or k not in _BY_DEFAULT}
         lang = self.language
         lag_chosen = "lag" in options or "lag" in self._identity().defaults("instructions")
-        settings = self._settings(
-            "instructions", num_instructions=num_instructions, language=lang.code, **options
-        )
+        settings = self._settings("instructions", language=lang.code, **options)
         if settings.similarity_threshold is None:  # calibrated per script
             settings = dataclasses.replace(settings, similarity_threshold=lang.threshold)
         if self.batch is not None and not lag_chosen:
             per_request = max(1, min(settings.request_batch_size, self.model.max_batch))
-            lag = round_requests(num_instructions, per_request)
+            lag = round_requests(settings.num_instructions, per_request)
             settings = dataclasses.replace(settings, lag=lag)
-        with self._started({"instructions": settings}):
-            return self._instructions(settings)
+        return settings
 
     def identify_classification(self, **options: Any) -> StepReport:
         """Step 2: label each instruction classification or not (`ClassifySettings` fields)."""
@@ -447,8 +451,8 @@ class Pipeline:
         third = _given(max_instances_to_generate=max_instances)
         prepare = {**(prepare or {}), **_given(include_seed_tasks=include_seed_tasks)}
         plan = {
-            "instructions": self._settings(
-                "instructions", **{**shared, **first, **(instructions or {})}
+            "instructions": self._instruction_settings(
+                **{**shared, **first, **(instructions or {})}
             ),
             "classify": self._settings("classify", **{**shared, **(classification or {})}),
             "instances": self._settings("instances", **{**shared, **third, **(instances or {})}),
