@@ -542,7 +542,7 @@ def test_release_predictions_sample_the_same_tasks_for_all_eight_models():
         pytest.skip(f"{folder} absent: the original release's data lies beside the project only")
     sample = read_predictions(folder, 6, seed=1)
     assert set(sample) == set(PAPER_FIGURE6)
-    tasks = {name: [e["instruction"] for e in rows] for name, rows in sample.items()}
+    tasks = {name: [e.instruction for e in rows] for name, rows in sample.items()}
     assert all(len(t) == 6 and t == tasks["davinci"] for t in tasks.values())
     assert read_predictions(folder, 6, seed=1) == sample  # seeded
 

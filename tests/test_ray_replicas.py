@@ -108,8 +108,10 @@ def test_two_node_cluster_survives_a_node_killed_mid_run(tmp_path: Path) -> None
             total["out"] += m["taken_out_of_rotation"]
     assert set(members) == {"replica 0", "replica 1"}
     assert members["replica 0"]["succeeded"] > 0 and members["replica 1"]["succeeded"] > 0
-    # The replica on the dead node failed its requests and was taken out of rotation.
-    assert members["replica 1"]["failed"] >= 1 and members["replica 1"]["out"] >= 1
+    # The replica on the dead node (Ray chose which one) failed its requests in flight and was
+    # taken out of rotation.
+    hit = [label for label, m in members.items() if m["failed"] >= 1 and m["out"] >= 1]
+    assert hit, f"no replica saw the node die: {members}"
 
 
 @pytest.mark.slow
