@@ -76,6 +76,17 @@ def test_unreachable_server_is_one_clear_line(tmp_path):
     assert not out.exists()
 
 
+def test_credentials_in_the_base_url_are_refused_without_echoing_them(tmp_path):
+    out = tmp_path / "r"
+    url = f"http://user:pw-secret-42@127.0.0.1:{free_port()}/v1"
+    result = selfinstruct("run", "--out", str(out), "--model", "openai:any", "--base-url", url)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a user:password in the URL" in lines[0] and "--api-key" in lines[0]
+    assert "pw-secret-42" not in result.stderr + result.stdout
+    assert not out.exists()
+
+
 def test_library_errors_name_settings_and_the_cli_shows_flags(tmp_path):
     import ast
     from pathlib import Path

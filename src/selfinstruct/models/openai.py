@@ -90,6 +90,12 @@ class OpenAIModel(Model):
         )
         # Messages name the server without any user:password in its URL.
         self._where = safe_url(self.base_url)
+        if self._where != self.base_url:
+            # The API key goes in the Authorization header, where URL credentials would go too.
+            raise ConfigError(
+                f"base_url {self._where}: a user:password in the URL cannot be sent beside the"
+                " API key; give the key through `api_key` or OPENAI_API_KEY"
+            )
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if self.base_url == DEFAULT_BASE_URL:
@@ -148,7 +154,7 @@ class OpenAIModel(Model):
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(
-            backend="openai", name=self.model, api=self.api, details={"base_url": self.base_url}
+            backend="openai", name=self.model, api=self.api, details={"base_url": self._where}
         )
 
     def _scrub(self, text: str) -> str:
