@@ -150,29 +150,36 @@ def test_unknown_tokens_and_empty_texts(prefix_always):
 )
 @given(near_duplicate_pool())
 def test_pool_similarity_beyond_the_exact_mean(monkeypatch, texts):
-    """Past ``MEAN_EXACT_UP_TO``: every text above ``NEAR_FLOOR`` is in the top 10 with its exact
-    F1, the rest come from the sample, and the mean is the sample's; with a pool no bigger
-    than the sample, both are exact."""
+    """Past ``MEAN_EXACT_UP_TO``: the top 10 holds every earlier text above the probe's
+    threshold first, each with its exact F1, then the best of the rest that the probe scored
+    or the sample holds; the mean is the sample's, one sample for a whole call (below the
+    earliest item's position). A pool no bigger than the sample gives exact figures."""
     monkeypatch.setattr(similarity, "_PREFIX_MIN_TEXTS", 0)
     monkeypatch.setattr(similarity, "MEAN_EXACT_UP_TO", 0)
     monkeypatch.setattr(similarity, "MEAN_SAMPLE", 2048)  # the fixture outlives one example
     index = RougeLIndex(texts)
     items = [(texts[i], i) for i in range(len(texts))]
-    for (text, before), (top, mean) in zip(items, index.pool_similarity(items), strict=True):
+    for text, before in items:
+        [(top, mean)] = index.pool_similarity([(text, before)])
         scores = [rouge_l(p, text).fmeasure for p in texts[:before]]
         order = sorted(range(before), key=lambda p: (-scores[p], p))[:10]
         assert top == [(p, scores[p]) for p in order]
         assert mean == pytest.approx(float(np.mean(scores)) if scores else 0.0, abs=1e-12)
     monkeypatch.setattr(similarity, "MEAN_SAMPLE", 3)
+    lowest = min((b for _, b in items if b > 0), default=0)
+    sample = list(range(lowest)) if lowest <= 3 else [i * lowest // 3 for i in range(3)]
     for (text, before), (top, mean) in zip(items, index.pool_similarity(items), strict=True):
         scores = [rouge_l(p, text).fmeasure for p in texts[:before]]
-        near = sorted((p for p in range(before) if scores[p] > 0.4), key=lambda p: -scores[p])
-        assert [p for p, _ in top[: len(near)]] == sorted(near, key=lambda p: (-scores[p], p))[:10]
+        above = sorted((p for p in range(before) if scores[p] > 0.7), key=lambda p: -scores[p])
+        above = sorted(above, key=lambda p: (-scores[p], p))[:10]
+        assert [p for p, _ in top[: len(above)]] == above
         assert all(f == scores[p] for p, f in top)
-        if before > 3:
-            sample = [i * before // 3 for i in range(3)]
-            assert {p for p, _ in top[len(near) :]} <= set(sample)
-            assert mean == pytest.approx(float(np.mean([scores[p] for p in sample])), abs=1e-12)
+        assert [f for _, f in top] == sorted((f for _, f in top), reverse=True)
+        if before:
+            best = min(sample, key=lambda p: (-scores[p], p))
+            assert best in {p for p, _ in top} or scores[best] <= top[-1][1]
+            want = float(np.mean([scores[p] for p in sample]))
+            assert mean == pytest.approx(want, abs=1e-12)
 
 
 def test_pool_similarity_small_pools_are_todays_figures():

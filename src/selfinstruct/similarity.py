@@ -581,7 +581,7 @@ def _run_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys[starts], counts
 
 
-def _code_array(queries: Sequence[_Query]) -> np.ndarray:
+def _code_array(queries: Sequence[_Query] | Sequence[Probe]) -> np.ndarray:
     """The queries' codes as an object array (cheap to gather from)."""
     out = np.empty(len(queries), dtype=object)
     for i, q in enumerate(queries):
@@ -629,6 +629,7 @@ class RougeLIndex:
         self._prefixes: dict[float, _PrefixIndex] = {}  # by floor threshold, built on demand
         self._cache_key: str | None = None
         self._cache_val: _Query | None = None
+        self._scored: tuple[np.ndarray, np.ndarray] = (_EMPTY_I64, _EMPTY_F64)  # last probe's
         self.add_many(texts)
 
     # ---- building ----------------------------------------------------------------------
@@ -784,6 +785,7 @@ class RougeLIndex:
         if cands.size == 0:
             return _EMPTY_I64, _EMPTY_F64
         f1 = _f1_array(self._lcs(q.code, cands), q.m, self._lens[cands])
+        self._scored = cands, f1
         sel = f1 > threshold
         return cands[sel], f1[sel]
 
@@ -992,6 +994,7 @@ class RougeLIndex:
                     return float(f1[hit[0]]), int(cands[part][hit[0]])
             return -1.0, -1
         f1 = _f1_array(self._lcs(q.code, cands), m, lens)
+        self._scored = cands, f1
         best = int(np.argmax(f1))  # candidates ascend, so ties go to the lowest position
         if f1[best] > threshold:
             return float(f1[best]), int(cands[best])
@@ -1064,6 +1067,19 @@ class RougeLIndex:
         f1, pos = self._probe(self._query(candidate), threshold, first_only=False)
         return None if pos < 0 else (pos, f1)
 
+    def probe(self, candidate: str, threshold: float) -> Probe:
+        """``best_above``, with what the search scored on the way: every indexed text it
+        could not rule out from F1 > ``threshold`` by token bounds, with its exact F1. Those
+        share the candidate's rarest tokens, so they are its likely nearest; `figures` uses
+        them as a kept candidate's `most_similar` in a large pool."""
+        _check_threshold(threshold)
+        q = self._query(candidate)
+        self._scored = (_EMPTY_I64, _EMPTY_F64)
+        f1, pos = self._probe(q, threshold, first_only=False)
+        near, near_f1 = self._scored
+        match = None if pos < 0 else (pos, f1)
+        return Probe(match, q.code, q.m, len(self._texts), near, near_f1)
+
     def top_k(self, candidate: str, k: int = 10) -> list[tuple[int, float]]:
         """The ``k`` indexed texts most similar to ``candidate`` as ``(position, F1)``, best
         first, ties broken by lower position."""
@@ -1110,67 +1126,99 @@ class RougeLIndex:
         return out
 
     def pool_similarity(
-        self, items: Sequence[tuple[str, int]], k: int = 10
+        self, items: Sequence[tuple[str, int]], k: int = 10, near_threshold: float = 0.7
     ) -> list[tuple[list[tuple[int, float]], float]]:
-        """For each ``(text, before)``: the ``k`` indexed texts at positions < ``before`` most
-        similar to ``text`` (``(position, F1)``, best first, ties to the lower position) and
-        the mean F1 of ``text`` over positions < ``before`` (0.0 when there are none): the
-        ``most_similar`` and ``avg_similarity_score`` of a bootstrap record.
+        """For each ``(text, before)``: ``figures`` of ``text`` against the indexed texts at
+        positions < ``before``, the neighbours found by a probe at ``near_threshold``."""
+        probes = []
+        for text, before in items:
+            q = self._encode_tokens(self._split(text))
+            self._scored = (_EMPTY_I64, _EMPTY_F64)
+            if before > MEAN_EXACT_UP_TO:
+                self._above(q, near_threshold, before)
+            probes.append(Probe(None, q.code, q.m, before, *self._scored))
+        return self.figures(probes, k)
 
-        Both are exact, as comparing with every text gives them, while ``before`` is at most
+    def figures(
+        self, probes: Sequence[Probe], k: int = 10
+    ) -> list[tuple[list[tuple[int, float]], float]]:
+        """For each probe: the ``k`` texts at positions < its ``before`` most similar to the
+        probed text (``(position, F1)``, best first, ties to the lower position) and its mean
+        F1 over them (0.0 when there are none): the ``most_similar`` and
+        ``avg_similarity_score`` of a bootstrap record.
+
+        Both are exact, from an LCS with every earlier text, while ``before`` is at most
         ``MEAN_EXACT_UP_TO``. Beyond it, where exact figures would cost an LCS with every
-        pool text for each kept one: the mean is taken over ``MEAN_SAMPLE`` evenly spaced
-        positions (a systematic sample; standard error about 0.002 for instruction pools),
-        and the top ``k`` holds, exactly, every text with F1 > ``NEAR_FLOOR`` (found through
-        the prefix index) best first; only when fewer than ``k`` are that close is it
-        completed with the best of the sampled texts (then the tail may miss a text between
-        the sample's best and ``NEAR_FLOOR``).
+        pool text for each kept one (5 x 10^11 for a million), they are cheap instead: the
+        mean is over ``MEAN_SAMPLE`` evenly spaced earlier texts (a systematic sample, shared
+        by the probes of one call), and the top ``k`` is the best of those and of the texts
+        the probe scored (every text sharing enough of the candidate's rarest tokens).
+
+        Reads only the codes and lengths of positions < ``before``, so one thread may call
+        it while another adds texts (step 1's writer and decision threads).
         """
-        small = [i for i, (_, before) in enumerate(items) if before <= MEAN_EXACT_UP_TO]
-        out: list[tuple[list[tuple[int, float]], float]] = [([], 0.0)] * len(items)
+        out: list[tuple[list[tuple[int, float]], float]] = [([], 0.0)] * len(probes)
+        small = [i for i, p in enumerate(probes) if p.before <= MEAN_EXACT_UP_TO]
+        large = [i for i, p in enumerate(probes) if p.before > MEAN_EXACT_UP_TO]
         if small:
-            rows = self.scores_many([items[i][0] for i in small])
+            width = max(probes[i].before for i in small)
+            rows = self._f1_rows([probes[i] for i in small], np.arange(width, dtype=np.int64))
             for i, row in zip(small, rows, strict=True):
-                scores = row[: items[i][1]]
+                scores = row[: probes[i].before]
                 mean = float(scores.mean()) if len(scores) else 0.0
                 top = _top_positions(scores, k)
                 out[i] = ([(int(p), float(scores[p])) for p in top], mean)
-        for i, (text, before) in enumerate(items):
-            if before > MEAN_EXACT_UP_TO:
-                out[i] = self._large_pool_figures(self._encode_tokens(self._split(text)), k, before)
+        if large:
+            lowest = min(probes[i].before for i in large)
+            if lowest <= MEAN_SAMPLE:
+                sample = np.arange(lowest, dtype=np.int64)
+            else:
+                sample = np.arange(MEAN_SAMPLE, dtype=np.int64) * lowest // MEAN_SAMPLE
+            rows = self._f1_rows([probes[i] for i in large], sample)
+            means = rows.mean(axis=1)
+            for i, row, mean in zip(large, rows, means.tolist(), strict=True):
+                p = probes[i]
+                best = _top_positions(row, k)  # sample positions ascend: ties stay in order
+                pos = np.concatenate((p.near, sample[best]))
+                f1 = np.concatenate((p.near_f1, row[best]))
+                pos, first = np.unique(pos, return_index=True)  # in both: the same F1
+                f1 = f1[first]
+                order = np.lexsort((pos, -f1))[:k]
+                out[i] = ([(int(pos[j]), float(f1[j])) for j in order], mean)
         return out
 
-    def _large_pool_figures(
-        self, q: _Query, k: int, before: int
-    ) -> tuple[list[tuple[int, float]], float]:
-        """``pool_similarity``'s figures past ``MEAN_EXACT_UP_TO``: (top k, sampled mean)."""
-        if before <= MEAN_SAMPLE:
-            sample = np.arange(before, dtype=np.int64)
-        else:
-            sample = np.arange(MEAN_SAMPLE, dtype=np.int64) * before // MEAN_SAMPLE
-        sample_f1 = _f1_array(self._lcs(q.code, sample), q.m, self._lens[sample])
-        mean = float(sample_f1.mean()) if sample.size else 0.0
-        found = self._above(q, NEAR_FLOOR, before)
-        if found is None:  # no prefix index (a small collection): the exact top k
-            later = len(self._texts) - before  # texts indexed after ``before``: left out
-            top = [(p, f) for p, f in self._top_k_q(q, k + later) if p < before][:k]
-            return top, mean
-        pos, f1 = found
-        if pos.size < k:  # complete from the sample (texts above the floor are all in found)
-            low = sample_f1 <= NEAR_FLOOR
-            pos = np.concatenate((pos, sample[low]))
-            f1 = np.concatenate((f1, sample_f1[low]))
-            pos, first = np.unique(pos, return_index=True)  # a sample may repeat no position
-            f1 = f1[first]
-        order = np.lexsort((pos, -f1))[:k]
-        return [(int(pos[i]), float(f1[i])) for i in order], mean
+    def _f1_rows(self, probes: Sequence[Probe], positions: np.ndarray) -> np.ndarray:
+        """F1 of each probed text (rows) to the texts at ``positions`` (columns), in one
+        batched LCS call."""
+        codes, lens = self._codes[positions], self._lens[positions]
+        lcs = process.cdist(
+            _code_array(probes),
+            codes,
+            scorer=LCSseq.similarity,
+            dtype=np.int32,
+            workers=self._cdist_workers(len(probes) * len(positions)),
+        )
+        ms = np.array([p.m for p in probes], dtype=np.int64)[:, None]
+        return _f1_array(lcs, ms, lens)
 
 
-# Where ``pool_similarity`` switches from the exact mean to a sampled one, and the sample size.
+@dataclass(frozen=True)
+class Probe:
+    """A candidate as ``RougeLIndex.probe`` saw it: the best text above the threshold
+    (``(position, F1)``, or None), the candidate's encoding, the index size then
+    (``before``), and the texts scored on the way (positions ascending, exact F1)."""
+
+    match: tuple[int, float] | None
+    code: str | list[int]
+    m: int
+    before: int
+    near: np.ndarray
+    near_f1: np.ndarray
+
+
+# Where ``figures`` switches from exact figures to cheap ones, and the sample size.
 MEAN_EXACT_UP_TO = 50_000
 MEAN_SAMPLE = 2048
-# Past MEAN_EXACT_UP_TO, the top 10 is exact among texts above this F1 (and sampled below).
-NEAR_FLOOR = 0.4
 
 
 def _top_positions(scores: np.ndarray, k: int) -> np.ndarray:

@@ -50,7 +50,7 @@ from selfinstruct.progress import Bar
 from selfinstruct.prompts import bootstrap_prompt
 from selfinstruct.records import MachineInstruction, RejectedInstruction, SeedTask
 from selfinstruct.runfolder import RunFolder
-from selfinstruct.similarity import RougeLIndex
+from selfinstruct.similarity import Probe, RougeLIndex
 from selfinstruct.steps import StepContext, StepReport, response_metadata
 from selfinstruct.steps.ordered import AnswerLog, InOrder, Outcome
 from selfinstruct.steps.parsing import capitalize_first, split_numbered_list
@@ -139,14 +139,23 @@ def generate_instructions(
     return report
 
 
+# Requests decided but not yet written, at most (see `_Bootstrap.decide`).
+WRITE_BACKLOG = 16
+
+
 class _Bootstrap:
     """Step 1's state over one invocation: the pool, its index, the prompts, and every decision
     on a candidate (kept, or rejected with its reason), in the order it was made.
 
-    Two threads share it. The event loop's (`next_request`, `on_result`, `on_failure`) builds
-    prompts and saves answers as they arrive; the decision worker's (`decide` and below) owns
-    the index, the output files and the counters. The worker only ever appends to `machine`
-    and `kept_requests`, and the event loop only reads the part of them that is decided.
+    Three threads share it. The event loop's (`next_request`, `on_result`, `on_failure`)
+    builds prompts and saves answers as they arrive; the decision worker's (`decide` and below)
+    owns the index and the counters; the writer's (`write`) gives each kept record its
+    `most_similar` and `avg_similarity_score` (reading only the part of the index that was
+    there when the record was kept) and owns the output files. So the figures, which cost as
+    much as the decision in a large pool, run beside the decisions, and a request is marked
+    decided in the answer log only once its records are on disk. The decision worker only
+    ever appends to `machine` and `kept_requests`, and the event loop only reads the part of
+    them that is decided.
     """
 
     def __init__(
@@ -165,12 +174,16 @@ class _Bootstrap:
         self._resume(folder)
         self.resumed = len(self.machine)
         self._check_seeds()
+        # All cores for the writer's big LCS batches (exact figures, under 50K): the decision
+        # worker is idle then, its probes being cheap in a small pool.
         self.index = RougeLIndex(
-            seed_instructions + self.machine, tokenizer=get_language(s.language).tokenizer
+            seed_instructions + self.machine,
+            tokenizer=get_language(s.language).tokenizer,
+            workers=-1,
         )
         self.dropped: Counter[str] = Counter()
         self.stalled = 0
-        self.accepted: list[tuple[str, int, dict, int, int]] = []
+        self.accepted: list[tuple[str, Probe, dict, int, int]] = []
         self.rejected: list[RejectedInstruction] = []  # decided, not yet written
         self.per_request = max(1, min(s.request_batch_size, ctx.model.max_batch))
         self.next_send = self.request_idx
@@ -222,13 +235,19 @@ class _Bootstrap:
         """Where decisions go once the files are open; the worker starts deciding."""
         self.out, self.out_rejected, self.bar = kept, rejected, bar
         self.answers.open(self.request_idx)
+        self.writer = InOrder(self.write, start=self.request_idx, name="selfinstruct-write")
         self.order = InOrder(self.decide, start=self.request_idx)
 
     def finish(self, *, drain: bool) -> None:
+        """Stop deciding (after what was handed over, if `drain`); what is decided is written
+        either way, so that an interrupted run keeps every decision it made."""
         try:
             self.order.close(drain=drain)
         finally:
-            self.answers.close()
+            try:
+                self.writer.close(drain=True)
+            finally:
+                self.answers.close()
 
     # --- requests (the event loop) ----------------------------------------------------------
 
@@ -301,22 +320,33 @@ class _Bootstrap:
             for prompt, completion in zip(prompts, outcome, strict=True):
                 self._take_answer(prompt, completion, request)
             self.stalled = 0 if len(self.machine) > pool_before else self.stalled + 1
+        self.writer.put(request, (self.accepted, self.rejected))
+        self.accepted, self.rejected = [], []
+        self.bar.note(self.dropped)
+        # A bounded backlog: a kill loses at most this many requests' decisions (made again
+        # from the saved answers on resume), and memory stays flat if the writer is slower.
+        self.writer.throttle(WRITE_BACKLOG)
+        return self.still_needed() > 0 and self.stalled < self.s.max_stalled_requests
+
+    # --- records (the writer thread) --------------------------------------------------------
+
+    def write(self, request: int, item: tuple[list[tuple], list[RejectedInstruction]]) -> bool:
+        """Write one decided request's records, kept ones with their figures, and mark it
+        decided in the answer log."""
+        accepted, rejected = item
         # Scored together, because one batched call costs far less than one per record. Kept
         # records first: a crash in between loses rejection records only, never a kept
         # instruction that a written rejection was compared with; and the request is marked
         # decided last, so that a decision cut short is made again on resume.
-        for record in _records(self.index, self.accepted):
+        for record in _records(self.index, accepted):
             if record.candidate_idx not in self.written:
                 self.out.write(record.to_dict())
-        for rejected in self.rejected:
-            if rejected.candidate_idx not in self.written:
-                self.out_rejected.write(rejected.to_dict())
+        for record in rejected:
+            if record.candidate_idx not in self.written:
+                self.out_rejected.write(record.to_dict())
         self.answers.decided(request)
-        self.bar.advance(len(self.accepted))
-        self.accepted.clear()
-        self.rejected.clear()
-        self.bar.note(self.dropped)
-        return self.still_needed() > 0 and self.stalled < self.s.max_stalled_requests
+        self.bar.advance(len(accepted))
+        return True
 
     def _take_answer(self, prompt: str, completion: Completion, key: int) -> None:
         s = self.s
@@ -348,11 +378,11 @@ class _Bootstrap:
         if reason is not None:
             return self._reject(candidate, reason, key)
         # The best match costs about what the plain threshold test costs.
-        match = self.index.best_above(candidate, self.s.similarity_threshold)
-        if match is not None:
-            return self._reject(candidate, "too_similar", key, match)
-        position = self.index.add(candidate)
-        self.accepted.append((candidate, position, metadata, key, self.next_candidate))
+        probe = self.index.probe(candidate, self.s.similarity_threshold)
+        if probe.match is not None:
+            return self._reject(candidate, "too_similar", key, probe.match)
+        self.index.add(candidate)
+        self.accepted.append((candidate, probe, metadata, key, self.next_candidate))
         self.next_candidate += 1
         self.machine.append(candidate)
         self.kept_requests.append(key)
@@ -411,11 +441,11 @@ def _normalise(raw: str, s: InstructionSettings) -> str:
 
 
 def _records(
-    index: RougeLIndex, accepted: list[tuple[str, int, dict, int, int]]
+    index: RougeLIndex, accepted: list[tuple[str, Probe, dict, int, int]]
 ) -> list[MachineInstruction]:
-    """The records of instructions just added to the index, each scored against the pool as it
+    """The records of instructions added to the index, each scored against the pool as it
     was when that instruction was accepted (every position before its own)."""
-    found = index.pool_similarity([(a[0], a[1]) for a in accepted], k=10)
+    found = index.figures([a[1] for a in accepted], k=10)
     return [
         MachineInstruction(
             instruction=candidate,

@@ -37,7 +37,9 @@ class InOrder:
     thread that calls `put` may call `put`; any thread may read `decided` and `wait`.
     """
 
-    def __init__(self, decide: Callable[[int, Any], bool], start: int = 0):
+    def __init__(
+        self, decide: Callable[[int, Any], bool], start: int = 0, name: str = "selfinstruct-decide"
+    ):
         self._decide = decide
         self.decided = start
         self.handed = start  # every index below this one went to the worker
@@ -46,7 +48,7 @@ class InOrder:
         self._early: dict[int, Any] = {}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name="selfinstruct-decide", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
     def put(self, index: int, item: Any) -> None:
@@ -74,6 +76,14 @@ class InOrder:
             self.stopped = True
         self._queue.put(None)
         self._thread.join()
+        self.check()
+
+    def throttle(self, backlog: int) -> None:
+        """Block the caller of `put` while more than `backlog` items wait to be decided; raise
+        what made the worker fail."""
+        while self.handed - self.decided > backlog and not self.stopped:
+            self.check()
+            self.wait(self.decided)
         self.check()
 
     @property
