@@ -18,7 +18,8 @@ and the child's peak resident memory (VmHWM):
   instruction scored against the whole pool; stopped after ``--today-seconds``.
 
 Then it times a resume: the same command on the finished folder with 1,000 more to make
-(reading the file, rebuilding the index, the first decisions).
+(reading the file, rebuilding the index, the first decisions), and checks a seeded sample of
+the decisions against a plain all-pairs reference (``check_sample``).
 
     .venv/bin/python benchmarks/bench_million.py                      # about 40 minutes
     .venv/bin/python benchmarks/bench_million.py --target 200000 --today-seconds 120
@@ -291,6 +292,80 @@ def run_kernel(kernel: str, out: Path, target: int, base_url: str, limit: float)
     return {"kernel": kernel, "bands": seen_at, "pool": count, "wall": wall, "peak_mb": peak}
 
 
+def _plain_codes(texts: list[str]) -> list[str]:
+    """Each text as rouge-score's own tokenizer splits it, one code point per distinct token
+    (surrogates skipped), for rapidfuzz's LCS: the plain reference, no index involved."""
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    split = DefaultTokenizer(use_stemmer=False).tokenize
+    vocab: dict[str, str] = {}
+
+    def point(tok: str) -> str:
+        i = len(vocab)
+        return vocab.setdefault(tok, chr(i if i < 0xD800 else i + 0x800))
+
+    return ["".join(point(t) for t in split(text)) for text in texts]
+
+
+def check_sample(out: Path, n: int = 200, seed: int = 0) -> str:
+    """Step 1's decisions on a seeded sample against a plain all-pairs reference: a kept
+    instruction scores <= 0.7 with every text before it, a `too_similar` one > 0.7 with the
+    text and F1 it names (the best, the earliest on ties). The pool holds the seeds, then the
+    kept instructions in order; a rejected candidate saw the kept ones with a lower
+    `candidate_idx`. One LCS of each sampled text with the whole pool (rapidfuzz, all cores),
+    F1 by rouge-score's formula; each best pair checked again with rouge-score itself."""
+    from bisect import bisect_left
+
+    import numpy as np
+    from rapidfuzz import process
+    from rapidfuzz.distance import LCSseq
+    from rouge_score import rouge_scorer
+
+    from selfinstruct.seeds import default as default_seeds
+    from selfinstruct.similarity import _f1_array
+
+    seeds = [t.instruction for t in default_seeds()]
+    with (out / "machine_generated_instructions.jsonl").open(encoding="utf-8") as fh:
+        kept = [json.loads(line) for line in fh]
+    with (out / "rejected_instructions.jsonl").open(encoding="utf-8") as fh:
+        similar = [r for r in map(json.loads, fh) if r["reason"] == "too_similar"]
+    texts = seeds + [r["instruction"] for r in kept]
+    codes = _plain_codes(texts + [r["instruction"] for r in similar])
+    pool_codes, lens = codes[: len(texts)], np.array([len(c) for c in codes[: len(texts)]])
+    kept_idx = [r["candidate_idx"] for r in kept]
+    rng = random.Random(seed)
+    sample = [("kept", i) for i in rng.sample(range(len(kept)), min(n, len(kept)))]
+    sample += [("similar", i) for i in rng.sample(range(len(similar)), min(n, len(similar)))]
+    queries = [
+        codes[len(seeds) + i] if kind == "kept" else codes[len(texts) + i] for kind, i in sample
+    ]
+    lcs = process.cdist(queries, pool_codes, scorer=LCSseq.similarity, dtype=np.int32, workers=-1)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    wrong = []
+    for row, ((kind, i), query) in enumerate(zip(sample, queries, strict=True)):
+        if kind == "kept":
+            before, text = len(seeds) + i, kept[i]["instruction"]
+        else:
+            before = len(seeds) + bisect_left(kept_idx, similar[i]["candidate_idx"])
+            text = similar[i]["instruction"]
+        f1 = _f1_array(lcs[row, :before], len(query), lens[:before])
+        best = int(np.argmax(f1))
+        reference = scorer.score(texts[best], text)["rougeL"].fmeasure
+        if reference != f1[best]:
+            wrong.append(f"{kind} {i}: F1 {f1[best]} by formula, {reference} by rouge-score")
+        elif kind == "kept" and f1[best] > 0.7:
+            wrong.append(f"kept {i}: F1 {f1[best]} with pool text {best}")
+        elif kind == "similar" and (
+            f1[best] != similar[i]["rouge_l"] or texts[best] != similar[i]["most_similar"]
+        ):
+            wrong.append(f"too_similar {i}: recorded {similar[i]['rouge_l']}, best {f1[best]}")
+    kinds = [k for k, _ in sample]
+    head = f"{kinds.count('kept')} kept and {kinds.count('similar')} too_similar"
+    if wrong:
+        return f"{head}: {len(wrong)} differ from all pairs: " + "; ".join(wrong[:5])
+    return f"{head}, sampled from a pool of {len(texts):,}: all as all pairs give them"
+
+
 def band_rate(res: dict, lo: int, hi: int) -> str:
     bands = res["bands"]
     if lo in bands and hi in bands:
@@ -353,6 +428,7 @@ def main() -> int:
             t0 = time.perf_counter()
             again = run_kernel("ours", out, ours["pool"] + 1000, base_url, 600)
             resume = time.perf_counter() - t0
+            exactness = check_sample(out)
         finally:
             server.terminate()
             server.wait()
@@ -375,6 +451,7 @@ def main() -> int:
         f"resume at a pool of {ours['pool']:,} plus 1,000 more: {resume:.1f} s "
         f"(pool {again['pool']:,}, peak {again['peak_mb']:,.0f} MB)"
     )
+    print(f"exactness on a sample: {exactness}")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     return 0
 
