@@ -244,3 +244,26 @@ def test_in_order_hands_a_failed_decision_to_the_caller():
         order.check()
     with pytest.raises(OSError):
         order.close()
+
+
+def test_throttle_holds_the_caller_until_the_backlog_is_small():
+    import threading
+
+    from selfinstruct.steps.ordered import InOrder
+
+    gate = threading.Event()
+    order = InOrder(lambda i, item: gate.wait(10) or True, name="test-writer")
+    for i in range(5):
+        order.put(i, i)
+    released = threading.Event()
+
+    def caller() -> None:
+        order.throttle(1)
+        released.set()
+
+    threading.Thread(target=caller, daemon=True).start()
+    assert not released.wait(0.3)  # 5 handed, none decided: more than 1 waiting
+    gate.set()
+    assert released.wait(10) and order.handed - order.decided <= 1
+    order.close()
+    assert order.decided == 5
