@@ -43,7 +43,7 @@ from pathlib import Path
 from selfinstruct.engine import WAIT, Request, RequestFailed
 from selfinstruct.errors import ConfigError, DataFileError
 from selfinstruct.filters import rejection_reason
-from selfinstruct.io import JsonlAppender, read_jsonl
+from selfinstruct.io import JsonlAppender, iter_jsonl
 from selfinstruct.language import get as get_language
 from selfinstruct.models.base import Completion, Sampling
 from selfinstruct.progress import Bar
@@ -192,33 +192,36 @@ class _Bootstrap:
 
     def _resume(self, folder: RunFolder) -> None:
         warn = self.ctx.reporter.warn
-        kept = read_jsonl(folder.instructions, repair=True, warn=warn)
-        rejected = read_jsonl(folder.rejected, repair=True, warn=warn)
-        cut = self.answers.unfinished({_index(r, "request_idx") for r in kept + rejected})
+        # Only the fields needed, streamed: a kept record carries its prompt and answer, and a
+        # million of them as dicts would take gigabytes.
+        kept = [
+            _Decided.of(r, number, folder.instructions)
+            for number, r in enumerate(
+                iter_jsonl(folder.instructions, repair=True, warn=warn), start=1
+            )
+        ]
+        rejected = [_Decided.of(r) for r in iter_jsonl(folder.rejected, repair=True, warn=warn)]
+        cut = self.answers.unfinished({r.request_idx for r in kept + rejected})
         if cut:
             # A kill stopped this decision half-way. It is made again from the saved answer,
             # to the same result; the records already on disk stay as they are, the rest follow.
             warn(f"instructions: finishing the decision on request {min(cut)} (saved answer)")
-        self.written = {
-            _index(r, "candidate_idx") for r in kept + rejected if _index(r, "request_idx") in cut
-        }
-        for number, record in enumerate(kept, start=1):
-            if not isinstance(record.get("instruction"), str):
-                raise DataFileError(f"{folder.instructions}:{number}: missing field 'instruction'")
-            if _index(record, "request_idx") in cut:
+        self.written = {r.candidate_idx for r in kept + rejected if r.request_idx in cut}
+        for record in kept:
+            if record.request_idx in cut:
                 continue
-            self.machine.append(record["instruction"])
-            self.kept_requests.append(_index(record, "request_idx"))
+            self.machine.append(record.instruction)
+            self.kept_requests.append(record.request_idx)
             self._continue_after(record)
         # A rerun goes on numbering after the rejected candidates (and their requests) too.
         for record in rejected:
-            if _index(record, "request_idx") not in cut:
+            if record.request_idx not in cut:
                 self._continue_after(record)
         self.kept_requests.sort()  # runs made before the lag decided out of order
 
-    def _continue_after(self, record: dict) -> None:
-        self.request_idx = max(self.request_idx, _index(record, "request_idx") + 1)
-        self.next_candidate = max(self.next_candidate, _index(record, "candidate_idx") + 1)
+    def _continue_after(self, record: _Decided) -> None:
+        self.request_idx = max(self.request_idx, record.request_idx + 1)
+        self.next_candidate = max(self.next_candidate, record.candidate_idx + 1)
 
     def _check_seeds(self) -> None:
         s = self.s
@@ -325,7 +328,9 @@ class _Bootstrap:
         self.bar.note(self.dropped)
         # A bounded backlog: a kill loses at most this many requests' decisions (made again
         # from the saved answers on resume), and memory stays flat if the writer is slower.
-        self.writer.throttle(WRITE_BACKLOG)
+        # None at a lag of 1, the original serial loop: there a request's records are on disk
+        # before the next prompt is built.
+        self.writer.throttle(0 if self.s.lag == 1 else WRITE_BACKLOG)
         return self.still_needed() > 0 and self.stalled < self.s.max_stalled_requests
 
     # --- records (the writer thread) --------------------------------------------------------
@@ -427,6 +432,23 @@ class _Bootstrap:
                 f"instructions: the last {self.stalled} answers added nothing new to the pool;"
                 " stopped (try another model, a higher temperature or more varied seed tasks)"
             )
+
+
+@dataclass(slots=True)
+class _Decided:
+    """What a resumed run needs of a record on disk."""
+
+    instruction: str | None
+    request_idx: int
+    candidate_idx: int
+
+    @classmethod
+    def of(cls, record: dict, number: int = 0, path: Path | None = None) -> _Decided:
+        """The record's fields; a kept one (`path` given) must hold its instruction."""
+        text = record.get("instruction")
+        if path is not None and not isinstance(text, str):
+            raise DataFileError(f"{path}:{number}: missing field 'instruction'")
+        return cls(text, _index(record, "request_idx"), _index(record, "candidate_idx"))
 
 
 def _index(record: dict, key: str) -> int:
