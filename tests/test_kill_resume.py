@@ -34,7 +34,7 @@ try:
 except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.py)
     from servers.openai_fault_server import running_fault_server
 
-TARGET = 400
+TARGET = 800  # room for 6 kills: the writer thread writes decided requests in bursts
 KILLS = 6
 SERVER = {
     "seed": 21,
