@@ -1110,20 +1110,9 @@ class RougeLIndex:
         pass: the fastest way to score many candidates against everything."""
         queries = [self._encode_tokens(self._split(c)) for c in candidates]
         n = len(self._texts)
-        out = np.zeros((len(queries), n), dtype=np.float64)
         if not queries or n == 0:
-            return out
-        lcs = process.cdist(
-            _code_array(queries),
-            self._codes[:n],
-            scorer=LCSseq.similarity,
-            dtype=np.int32,
-            workers=self._cdist_workers(len(queries) * n),
-        )
-        lens = self._lens_view()
-        for row, q in enumerate(queries):
-            out[row] = _f1_array(lcs[row], q.m, lens)
-        return out
+            return np.zeros((len(queries), n), dtype=np.float64)
+        return self._f1_rows(queries, self._codes[:n], self._lens[:n])
 
     def pool_similarity(
         self, items: Sequence[tuple[str, int]], k: int = 10, near_threshold: float = 0.7
@@ -1162,7 +1151,10 @@ class RougeLIndex:
         large = [i for i, p in enumerate(probes) if p.before > MEAN_EXACT_UP_TO]
         if small:
             width = max(probes[i].before for i in small)
-            rows = self._f1_rows([probes[i] for i in small], np.arange(width, dtype=np.int64))
+            # A slice, not a gather: the writer's hot path below 50,000 texts.
+            rows = self._f1_rows(
+                [probes[i] for i in small], self._codes[:width], self._lens[:width]
+            )
             for i, row in zip(small, rows, strict=True):
                 scores = row[: probes[i].before]
                 mean = float(scores.mean()) if len(scores) else 0.0
@@ -1174,7 +1166,9 @@ class RougeLIndex:
                 sample = np.arange(lowest, dtype=np.int64)
             else:
                 sample = np.arange(MEAN_SAMPLE, dtype=np.int64) * lowest // MEAN_SAMPLE
-            rows = self._f1_rows([probes[i] for i in large], sample)
+            rows = self._f1_rows(
+                [probes[i] for i in large], self._codes[sample], self._lens[sample]
+            )
             means = rows.mean(axis=1)
             for i, row, mean in zip(large, rows, means.tolist(), strict=True):
                 p = probes[i]
@@ -1187,18 +1181,19 @@ class RougeLIndex:
                 out[i] = ([(int(pos[j]), float(f1[j])) for j in order], mean)
         return out
 
-    def _f1_rows(self, probes: Sequence[Probe], positions: np.ndarray) -> np.ndarray:
-        """F1 of each probed text (rows) to the texts at ``positions`` (columns), in one
-        batched LCS call."""
-        codes, lens = self._codes[positions], self._lens[positions]
+    def _f1_rows(
+        self, queries: Sequence[_Query] | Sequence[Probe], codes: np.ndarray, lens: np.ndarray
+    ) -> np.ndarray:
+        """F1 of each query (rows) to the indexed texts with ``codes`` and ``lens`` (columns),
+        in one batched LCS call."""
         lcs = process.cdist(
-            _code_array(probes),
+            _code_array(queries),
             codes,
             scorer=LCSseq.similarity,
             dtype=np.int32,
-            workers=self._cdist_workers(len(probes) * len(positions)),
+            workers=self._cdist_workers(len(queries) * len(codes)),
         )
-        ms = np.array([p.m for p in probes], dtype=np.int64)[:, None]
+        ms = np.array([q.m for q in queries], dtype=np.int64)[:, None]
         return _f1_array(lcs, ms, lens)
 
 
