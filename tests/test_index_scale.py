@@ -3,7 +3,7 @@ decisions, nearest texts and means that a plain all-pairs comparison gives.
 
 The prefix index is used once an index holds ``_PREFIX_MIN_TEXTS`` texts (blocks of queries:
 ``_PREFIX_BLOCK_MIN_TEXTS``); most tests here set both to 0 so that small generated pools go
-through it, and one test runs a real instruction pool through the prefix index."""
+through it (see ``prefix_always``), and one test runs a real instruction pool through it."""
 
 from __future__ import annotations
 
@@ -27,10 +27,15 @@ DATA = next(
 )
 
 
-@pytest.fixture
-def prefix_always(monkeypatch):
+@pytest.fixture(params=["newest_by_postings", "all_in_runs"])
+def prefix_always(monkeypatch, request):
+    """The prefix index from the first text, in two ways: the newest texts (fewer than
+    ``_TAIL_TEXTS``) searched through whole postings, or every text taken into the pair
+    runs at once."""
     monkeypatch.setattr(similarity, "_PREFIX_MIN_TEXTS", 0)
     monkeypatch.setattr(similarity, "_PREFIX_BLOCK_MIN_TEXTS", 0)
+    if request.param == "all_in_runs":
+        monkeypatch.setattr(similarity, "_TAIL_TEXTS", 1)
 
 
 def brute_best(pool: list[str], cand: str, threshold: float) -> tuple[int, float] | None:
@@ -102,6 +107,23 @@ def near_duplicate_pool(draw):
 def test_decisions_equal_all_pairs(prefix_always, texts, threshold):
     assert step_one(texts, threshold) == brute_greedy(texts, threshold)
     assert greedy_dedup(texts, threshold, block_size=7).kept == brute_greedy(texts, threshold)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(near_duplicate_pool())
+def test_pair_hash_collisions_only_add_candidates(monkeypatch, texts):
+    """Every pair hashed to one key: each lookup reads every entry, each judged on its own
+    bound, and the decisions are still those of all pairs."""
+    monkeypatch.setattr(similarity, "_PREFIX_MIN_TEXTS", 0)
+    monkeypatch.setattr(similarity, "_PREFIX_BLOCK_MIN_TEXTS", 0)
+    monkeypatch.setattr(similarity, "_TAIL_TEXTS", 1)
+    monkeypatch.setattr(similarity, "_PAIR_A", 0)
+    monkeypatch.setattr(similarity, "_PAIR_B", 0)
+    assert step_one(texts, 0.7) == brute_greedy(texts, 0.7)
 
 
 @settings(

@@ -17,7 +17,12 @@ Speed comes from three things:
   a text whose F1 with the candidate exceeds t must share at least ``alpha`` token occurrences
   with it, so it must contain one of any ``m - alpha + 1`` of the candidate's occurrences).
   The longest posting probed is only read for the narrow band of lengths where one shared
-  occurrence could be enough, and searched otherwise.
+  occurrence could be enough, and searched otherwise;
+* in a large collection, an index on *pairs* of each text's rarest tokens (``_PrefixIndex``)
+  finds only the texts that share two of the candidate's rarest tokens, in positions that
+  leave the threshold reachable: single tokens' postings grow with the pool, pairs' hardly
+  do; a 256-bit signature per text (``_Signatures``) bounds the token overlap of whatever is
+  left when that is many texts, before any LCS.
 
 ``greedy_dedup`` handles texts in blocks: each block is compared with the kept texts, and with
 itself, in a few large numpy and rapidfuzz calls, then kept or dropped in order.
@@ -359,15 +364,25 @@ class _Postings:
         return arr[:size]
 
 
-# A prefix-index entry is (position << _J_BITS) | the element's rank in its text's order.
-_J_BITS = 16
-_J_MASK = (1 << _J_BITS) - 1
+_RANK_CAP = (1 << 16) - 1  # ranks in a text are stored as uint16, capped (a safe bound)
 _UNRANKED = 1 << 62  # elements first seen after the last re-ranking sort before all others
 _PREFIX_MIN_TEXTS = 32_768  # below this, whole postings are as fast (measured: even near 50K)
 _PREFIX_BLOCK_MIN_TEXTS = 65_536  # the same for blocks of queries (``greedy_dedup``)
-_J_BUCKETS = 32  # postings are kept apart by the element's rank in its text, up to 31
+_TAIL_TEXTS = 8192  # the fewest new texts a prefix index takes in at once
+_M64 = (1 << 64) - 1
+_PAIR_A = 0x9E3779B97F4A7C15  # two odd multipliers: an ordered pair -> 32 mixed bits
+_PAIR_B = 0xC2B2AE3D27D4EB4F
 _need_tables: dict[tuple[int, float], np.ndarray] = {}
 _limits: dict[tuple[int, float, int, int], tuple[np.ndarray, list[int]]] = {}
+
+
+def _pair_keys(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The hash key of each ordered pair of elements; the same integers as the scalar
+    ``((a * _PAIR_A) mod 2**64 ^ (b * _PAIR_B) mod 2**64) >> 32`` in ``_PrefixIndex``."""
+    a = first.astype(np.uint64) * np.uint64(_PAIR_A)  # wraps modulo 2**64, as intended
+    a ^= second.astype(np.uint64) * np.uint64(_PAIR_B)
+    a >>= np.uint64(32)
+    return a.astype(np.uint32)
 
 
 def _probe_limits(m: int, tt: float, lo: int, hi: int) -> tuple[np.ndarray, list[int]]:
@@ -412,32 +427,99 @@ def _need_table(m: int, tt: float, top: int) -> np.ndarray:
     return table
 
 
+class _Run:
+    """Entries of the pair index under their keys: the distinct keys ascending, where each
+    key's entries start (one more at the end), and per entry the text's position and the
+    rank of the pair's second element in it."""
+
+    __slots__ = ("keys", "pos", "rank", "starts")
+
+    def __init__(self, keys: np.ndarray, pos: np.ndarray, rank: np.ndarray) -> None:
+        """From entries sorted by key."""
+        heads = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        self.keys = keys[heads[heads < keys.size]]
+        self.starts = np.append(heads[heads < keys.size], keys.size).astype(np.int64)
+        self.pos = pos
+        self.rank = rank
+
+    @classmethod
+    def empty(cls) -> _Run:
+        return cls(_EMPTY_U32, _EMPTY_I32, _EMPTY_U16)
+
+    @classmethod
+    def sorted_from(cls, keys: np.ndarray, pos: np.ndarray, rank: np.ndarray) -> _Run:
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], pos[order], rank[order])
+
+    def entry_keys(self) -> np.ndarray:
+        return np.repeat(self.keys, np.diff(self.starts))
+
+    def merged(self, other: _Run) -> _Run:
+        """Both runs as one, in one linear pass (no sort)."""
+        mine_keys, other_keys = self.entry_keys(), other.entry_keys()
+        at = np.searchsorted(mine_keys, other_keys, side="right")
+        at += np.arange(other_keys.size, dtype=np.int64)  # where each of ``other`` lands
+        mine = np.ones(mine_keys.size + other_keys.size, dtype=bool)
+        mine[at] = False
+        out = []
+        for a, b in ((mine_keys, other_keys), (self.pos, other.pos), (self.rank, other.rank)):
+            both = np.empty(mine.size, dtype=a.dtype)
+            both[at], both[mine] = b, a
+            out.append(both)
+        return _Run(*out)
+
+    def lookup(
+        self, wanted: np.ndarray, ranks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position, rank in the text, the rank given with the key) of each entry under the
+        ``wanted`` keys."""
+        n_keys = self.keys.size
+        if n_keys == 0:
+            return _EMPTY_I32, _EMPTY_U16, _EMPTY_I64
+        at = np.searchsorted(self.keys, wanted)
+        np.minimum(at, n_keys - 1, out=at)
+        rows = np.flatnonzero(self.keys[at] == wanted)
+        at = at[rows]
+        lo = self.starts[at]
+        width = self.starts[at + 1] - lo
+        total = int(width.sum())
+        if total == 0:
+            return _EMPTY_I32, _EMPTY_U16, _EMPTY_I64
+        ends = np.cumsum(width)
+        idx = np.arange(total, dtype=np.int64) + np.repeat(lo - (ends - width), width)
+        return self.pos[idx], self.rank[idx], np.repeat(ranks[rows], width)
+
+
 class _PrefixIndex:
-    """The prefix filter of set-similarity joins (PPJoin), length- and position-aware, for
-    queries at thresholds >= ``floor``.
+    """The prefix filter of set-similarity joins on pairs of elements, length- and
+    position-aware, for queries at thresholds >= ``floor`` (those whose passing lengths all
+    need two common tokens or more: ``candidates`` says None to the others).
 
     Elements are put in one global order (rarest first, by document frequency when last
     re-ranked; elements seen only since then first of all). If an m-token and an n-token
-    text share L >= need elements, their first common element in that order sits among the
-    first ``m - need + 1`` of one and the first ``n - need + 1`` of the other, with at most
-    ``min(m - 1 - i, n - 1 - j)`` common elements after it (i, j its ranks). So a text is
-    indexed under its first ``n - need_min(n) + 1`` elements only, rarely the common words,
-    and a query reads only the postings of its own first few elements, keeping the entries
-    that pass both prefix bounds and the positional bound. Re-ranked (rebuilt) each time the
-    collection doubles, so the work per query stays about flat as a pool grows.
+    text share L >= need >= 2 elements, their first two common elements in that order both
+    sit among the first ``m - need + 2`` elements of one and the first ``n - need + 2`` of
+    the other, with at most ``min(m - 1 - i, n - 1 - j)`` common elements after the second
+    (i, j its ranks). So a text is indexed under each pair of its first
+    ``n - max(2, need_min(n)) + 2`` elements, and a query reads the pairs of its own first
+    few. Two of a text's rarest tokens together are far rarer than either alone: what a query
+    reads stays small as the pool grows, where single tokens' postings grow with it.
+
+    Pairs are hashed to 32 bits. A collision only adds entries: each entry is judged on its
+    own bound, and a text is a candidate when any of its entries passes, so the entry of its
+    true first two common elements always keeps it.
+
+    Texts are indexed in bulk, with numpy, never one by one: all of them again, re-ranked,
+    when the collection has doubled since the last ranking (``base``); the texts added since
+    then in batches (``delta``), once they are a sixteenth of those indexed. The newest texts,
+    not yet indexed (from ``size`` on), are the caller's to search.
     """
 
     def __init__(self, floor: float) -> None:
         self.floor = floor
         self.rank: dict[int, int] = {}
-        # (element, rank in its text) -> entries, in plain lists: most are short, and one
-        # list built from several costs less than as many array views.
-        self.post: dict[int, list[int]] = {}
-        # The texts indexed at the last re-ranking, all at once, in sorted arrays: the
-        # distinct keys, where each key's entries start (one more at the end), the entries.
-        self.base_keys = _EMPTY_I64
-        self.base_starts = np.zeros(1, dtype=np.int64)
-        self.base_entries = _EMPTY_I64
+        self.base = _Run.empty()  # texts 0..ranked_at-1
+        self.delta = _Run.empty()  # texts ranked_at..size-1
         self.size = 0  # texts indexed
         self.ranked_at = 0  # collection size at the last re-ranking
 
@@ -445,137 +527,238 @@ class _PrefixIndex:
         rank = self.rank
         return sorted(elems, key=lambda e: rank.get(e, e - _UNRANKED))
 
-    def add(self, pos: int, elems: Sequence[int]) -> None:
-        n = len(elems)
-        keep = n - _min_overlap(n, self.floor) + 1
-        post = self.post
-        for j, e in enumerate(self._order(elems)[:keep]):
-            key = e * _J_BUCKETS + min(j, _J_BUCKETS - 1)
-            entry = (pos << _J_BITS) | min(j, _J_MASK)
-            bucket = post.get(key)
-            if bucket is None:
-                post[key] = [entry]
-            else:
-                bucket.append(entry)
-        self.size = pos + 1
+    def _prefix_len(self, n: int) -> int:
+        return n - max(2, _min_overlap(n, self.floor)) + 2
+
+    def catch_up(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
+        """Bring the index up to texts 0..count-1, or near enough (see the class)."""
+        if 2 * self.ranked_at <= count:
+            self.rebuild(codes, lens, count)
+        elif count - self.size >= max(_TAIL_TEXTS, self.size // 16):
+            self.extend(codes, lens, count)
 
     def rebuild(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
         """Re-rank by document frequency and index texts 0..count-1 again, in a few sorts."""
+        self.base = self.delta = _Run.empty()
         n_tok = lens[:count].astype(np.int64)
-        parts = codes[:count].tolist()
-        if any(not isinstance(c, str) for c in parts):  # ids beyond code points: rare
-            ids = np.fromiter((t for c in parts for t in _ids_of(c)), dtype=np.int64)
-        else:
-            ids = np.frombuffer("".join(parts).encode("utf-32-le"), dtype=np.uint32)
-        ids = ids.astype(np.int64)
-        total = ids.size
-        doc = np.repeat(np.arange(count, dtype=np.int64), n_tok)
-        step = np.arange(total, dtype=np.int64)
-        # The k-th occurrence of a token in its text is the element id | k << _OCC_SHIFT.
-        order = np.lexsort((ids, doc))
-        sd, si = doc[order], ids[order]
-        fresh = np.ones(total, dtype=bool)
-        fresh[1:] = (sd[1:] != sd[:-1]) | (si[1:] != si[:-1])
-        occurrence = step - np.maximum.accumulate(np.where(fresh, step, 0))
-        elem = np.empty(total, dtype=np.int64)
-        elem[order] = si | (occurrence << _OCC_SHIFT)
+        doc, elem = _all_elements(codes[:count], n_tok)
         # Rank: by document frequency (each element is in a text at most once), then id.
         distinct, inverse, df = np.unique(elem, return_inverse=True, return_counts=True)
         rank_of = np.empty(distinct.size, dtype=np.int64)
         rank_of[np.lexsort((distinct, df))] = np.arange(distinct.size, dtype=np.int64)
         self.rank = dict(zip(distinct.tolist(), rank_of.tolist(), strict=True))
-        # Each text's elements in rank order; keep its prefix.
-        by_rank = np.lexsort((rank_of[inverse.ravel()], doc))
-        d2, e2 = doc[by_rank], elem[by_rank]
-        j = step - (np.cumsum(n_tok) - n_tok)[d2]
-        top = int(n_tok.max()) if count else 0
-        keep = np.array([n - _min_overlap(n, self.floor) + 1 for n in range(top + 1)])
-        sel = j < keep[n_tok[d2]]
-        d2, e2, j = d2[sel], e2[sel], j[sel]
-        keys = e2 * _J_BUCKETS + np.minimum(j, _J_BUCKETS - 1)
-        entries = (d2 << _J_BITS) | np.minimum(j, _J_MASK)
-        by_key = np.lexsort((d2, keys))
-        keys, self.base_entries = keys[by_key], entries[by_key]
-        self.base_keys, starts = np.unique(keys, return_index=True)
-        self.base_starts = np.append(starts, keys.size).astype(np.int64)
-        self.post = {}
+        order_key = rank_of[inverse.ravel()]
+        del inverse, distinct, df
+        self.base = _Run.sorted_from(*self._pairs(doc, elem, order_key, n_tok, 0))
         self.size = self.ranked_at = count
 
-    def candidates(self, q: _Query, threshold: float, lens: np.ndarray) -> np.ndarray:
-        """Ascending positions of the texts that may have F1 > ``threshold`` (>= floor) with
-        ``q``; every text that does is among them."""
+    def extend(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
+        """Index texts size..count-1 in the present order (no re-ranking)."""
+        start = self.size
+        n_tok = lens[start:count].astype(np.int64)
+        doc, elem = _all_elements(codes[start:count], n_tok)
+        rank = self.rank
+        order_key = np.fromiter(
+            (rank.get(e, e - _UNRANKED) for e in elem.tolist()), dtype=np.int64, count=elem.size
+        )
+        batch = _Run.sorted_from(*self._pairs(doc, elem, order_key, n_tok, start))
+        self.delta = self.delta.merged(batch)
+        self.size = count
+
+    def _pairs(
+        self,
+        doc: np.ndarray,
+        elem: np.ndarray,
+        order_key: np.ndarray,
+        n_tok: np.ndarray,
+        start: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keys, positions and ranks of texts (``doc`` counted from ``start``) with these elements,
+        each element placed in the global order by ``order_key``."""
+        by_rank = np.lexsort((order_key, doc))
+        doc, elem = doc[by_rank], elem[by_rank]
+        j = np.arange(doc.size, dtype=np.int64) - (np.cumsum(n_tok) - n_tok)[doc]
+        top = int(n_tok.max(initial=0))
+        plen = np.array([max(0, self._prefix_len(n)) for n in range(top + 1)], dtype=np.int64)
+        prefix = plen[n_tok]
+        keys, pos, rank = _prefix_pairs(elem[j < prefix[doc]], prefix)
+        pos += start
+        return keys, pos, rank
+
+    def candidates(self, q: _Query, threshold: float, lens: np.ndarray) -> np.ndarray | None:
+        """Ascending positions of the indexed texts (those before ``size``) that may have
+        F1 > ``threshold`` (>= floor) with ``q``; every one that does is among them. None
+        when some passing length needs a single common token only (pairs cannot find those;
+        search whole postings)."""
         m = q.m
         tt = threshold - _SLACK
         lo, hi = _band(m, m, tt)
         if m == 0 or lo > hi:
             return _EMPTY_I64
         need, reach = _probe_limits(m, tt, lo, hi)
-        first = m - len(q.elems)  # tokens unknown to the index come first (they match none)
-        post = self.post
-        found: list[int] = []
-        ranks: list[int] = []
+        if need[lo : hi + 1].min() < 2:
+            return None
+        ordered = self._order(q.elems)
+        first = m - len(ordered)  # tokens unknown to the index come first (they match none)
         keys: list[int] = []
         key_ranks: list[int] = []
-        for i, e in enumerate(self._order(q.elems), start=first):
-            # Texts holding e at rank j can pass only where j <= reach[i] (-1: none at all).
-            if reach[i] < 0:
+        for b in range(1, len(ordered)):
+            i = first + b  # the query rank of the pair's second element
+            if reach[i - 1] < 0:  # no passing text can have its second common element here
                 break
-            base = e * _J_BUCKETS
-            for key in range(base, base + min(reach[i], _J_BUCKETS - 1) + 1):
-                keys.append(key)
+            second = (ordered[b] * _PAIR_B) & _M64
+            for e in ordered[:b]:
+                keys.append((((e * _PAIR_A) & _M64) ^ second) >> 32)
                 key_ranks.append(i)
-                bucket = post.get(key)
-                if bucket is not None:
-                    found += bucket
-                    ranks += [i] * len(bucket)
-        entries = np.array(found, dtype=np.int64)
-        ii = np.array(ranks, dtype=np.int64)
-        if self.base_keys.size and keys:
-            base_e, base_i = self._from_base(keys, key_ranks)
-            entries = np.concatenate((entries, base_e))
-            ii = np.concatenate((ii, base_i))
-        if entries.size == 0:
+        if not keys:
             return _EMPTY_I64
-        pos = entries >> _J_BITS
-        jj = entries & _J_MASK
-        n = lens[pos].astype(np.int64)
-        nd = need[np.minimum(n, hi)]
-        ok = (n >= lo) & (n <= hi) & (ii <= m - nd) & (jj <= n - nd)
-        pos, ii, jj, n, nd = pos[ok], ii[ok], jj[ok], n[ok], nd[ok]
+        wanted = np.array(keys, dtype=np.uint32)
+        by_key = np.argsort(wanted)  # sorted needles: each search starts where the last ended
+        wanted = wanted[by_key]
+        wanted_ranks = np.array(key_ranks, dtype=np.int64)[by_key]
+        runs = [run for run in (self.base, self.delta) if run.keys.size]
+        found = [run.lookup(wanted, wanted_ranks) for run in runs]
+        if not found:
+            return _EMPTY_I64
+        pos = np.concatenate([f[0] for f in found])
         if pos.size == 0:
             return _EMPTY_I64
-        # A text's entry of lowest query rank is its first common element.
-        by_pos = np.lexsort((ii, pos))
-        sp = pos[by_pos]
-        at = by_pos[np.flatnonzero(np.concatenate(([True], sp[1:] != sp[:-1])))]
-        ub = 1 + np.minimum(m - 1 - ii[at], n[at] - 1 - jj[at])
-        return pos[at[ub >= nd[at]]]
+        jj = np.concatenate([f[1] for f in found]).astype(np.int64)
+        ii = np.concatenate([f[2] for f in found])
+        n = lens[pos].astype(np.int64)
+        # At most min(m - 1 - i, n - 1 - j) common elements follow the second of the pair.
+        ub = 2 + np.minimum(m - 1 - ii, n - 1 - jj)
+        ok = (n >= lo) & (n <= hi) & (ub >= need[np.minimum(n, hi)])
+        pos = np.sort(pos[ok]).astype(np.int64)
+        return pos[np.concatenate(([True], pos[1:] != pos[:-1]))] if pos.size else pos
 
-    def _from_base(self, keys: list[int], key_ranks: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The base arrays' entries under ``keys``, and the query rank of each."""
-        wanted = np.array(keys, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.base_keys, wanted), self.base_keys.size - 1)
-        hit = self.base_keys[at] == wanted
-        at = at[hit]
-        lo, hi = self.base_starts[at], self.base_starts[at + 1]
-        width = hi - lo
-        total = int(width.sum())
-        if total == 0:
-            return _EMPTY_I64, _EMPTY_I64
-        idx = np.arange(total, dtype=np.int64) + np.repeat(lo - (np.cumsum(width) - width), width)
-        ranks = np.repeat(np.array(key_ranks, dtype=np.int64)[hit], width)
-        return self.base_entries[idx], ranks
+
+def _all_elements(codes: np.ndarray, n_tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(text number, multiset element) of every token of the texts with these codes and
+    token counts, texts in order."""
+    count = n_tok.shape[0]
+    parts = codes.tolist()
+    if any(not isinstance(c, str) for c in parts):  # ids beyond code points: rare
+        ids = np.fromiter((t for c in parts for t in _ids_of(c)), dtype=np.int64)
+    else:
+        ids = np.frombuffer("".join(parts).encode("utf-32-le"), dtype=np.uint32)
+    ids = ids.astype(np.int64)
+    total = ids.size
+    doc = np.repeat(np.arange(count, dtype=np.int64), n_tok)
+    step = np.arange(total, dtype=np.int64)
+    # The k-th occurrence of a token in its text is the element id | k << _OCC_SHIFT.
+    order = np.lexsort((ids, doc))
+    sd, si = doc[order], ids[order]
+    fresh = np.ones(total, dtype=bool)
+    fresh[1:] = (sd[1:] != sd[:-1]) | (si[1:] != si[:-1])
+    occurrence = step - np.maximum.accumulate(np.where(fresh, step, 0))
+    elem = np.empty(total, dtype=np.int64)
+    elem[order] = si | (occurrence << _OCC_SHIFT)
+    return doc, elem
+
+
+def _prefix_pairs(elem: np.ndarray, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Key, text and rank of the second element of every pair within each text's prefix:
+    ``elem`` holds the texts' prefixes one after another (text t's ``prefix[t]`` elements,
+    in rank order)."""
+    starts = np.cumsum(prefix) - prefix
+    keys: list[np.ndarray] = []
+    texts: list[np.ndarray] = []
+    ranks: list[np.ndarray] = []
+    for j in range(1, int(prefix.max(initial=0))):
+        docs = np.flatnonzero(prefix > j)
+        at = starts[docs]
+        second = elem[at + j]
+        rank = np.full(docs.size, min(j, _RANK_CAP), dtype=np.uint16)
+        for i in range(j):
+            keys.append(_pair_keys(elem[at + i], second))
+            texts.append(docs.astype(np.int32))
+            ranks.append(rank)
+    if not keys:
+        return _EMPTY_U32, _EMPTY_I32, _EMPTY_U16
+    return np.concatenate(keys), np.concatenate(texts), np.concatenate(ranks)
+
+
+class _Signatures:
+    """For each indexed text, which of ``_SIG_BITS`` buckets its multiset elements hash to.
+
+    A bucket that a text fills and a query does not holds at least one of the text's
+    elements that the query lacks, and the reverse; so ``n - |text buckets - query buckets|``
+    and ``m - |query buckets - text buckets|`` both bound the token overlap, which bounds
+    the LCS (F1 = 2 * LCS / (m + n)). A few word operations a text rule out, before any LCS,
+    most of what the prefix index finds in a large pool: texts sharing one rare token with
+    the query and little else.
+    """
+
+    __slots__ = ("rows", "used")
+
+    def __init__(self) -> None:
+        self.rows = np.zeros((64, _SIG_WORDS), dtype=np.uint64)
+        self.used = 0
+
+    def add(self, elems: Sequence[int]) -> None:
+        if self.used == self.rows.shape[0]:
+            self.rows = _grown(self.rows, self.used + 1)
+        self.rows[self.used] = _signature(elems)
+        self.used += 1
+
+    def overlap_bounds(self, elems: Sequence[int], positions: np.ndarray, lens: np.ndarray):
+        """An upper bound on the token overlap of a query with known ``elems`` and each text
+        at ``positions`` (``lens`` their token counts); int64 array."""
+        query = _signature(elems)
+        rows = self.rows[positions]
+        text_only = _popcount(rows & ~query).sum(axis=1)
+        query_only = _popcount(query & ~rows).sum(axis=1)
+        return np.minimum(lens - text_only, len(elems) - query_only)
+
+
+_SIG_WORDS = 4
+_SIG_BITS = 64 * _SIG_WORDS
+_HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads the element ids' low bits
+
+
+def _signature(elems: Sequence[int]) -> np.ndarray:
+    words = [0] * _SIG_WORDS
+    for e in elems:
+        bucket = ((e * _HASH_MULT) & 0xFFFFFFFFFFFFFFFF) >> (64 - 8)
+        words[bucket >> 6] |= 1 << (bucket & 63)
+    return np.array(words, dtype=np.uint64)
+
+
+if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+
+    def _popcount(words: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(words).astype(np.int64)
+
+else:  # pragma: no cover - numpy 1.x
+    _BYTE_BITS = np.array([bin(b).count("1") for b in range(256)], dtype=np.int64)
+
+    def _popcount(words: np.ndarray) -> np.ndarray:
+        per_byte = _BYTE_BITS[words.view(np.uint8)].reshape(*words.shape, 8)
+        return per_byte.sum(axis=-1)
+
+
+def _grown(arr: np.ndarray, needed: int) -> np.ndarray:
+    out = np.zeros((max(needed, 2 * arr.shape[0]), *arr.shape[1:]), dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
 
 
 _POS_MASK = (1 << 32) - 1
+# Below this many candidates an LCS with each costs less than their signature bounds.
+_SHORTLIST_FROM = 512
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_EMPTY_U32 = np.zeros(0, dtype=np.uint32)
+_EMPTY_U16 = np.zeros(0, dtype=np.uint16)
 _EMPTY_F64 = np.zeros(0, dtype=np.float64)
 
 
 def _run_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values of ``keys`` (ascending) and how often each occurs."""
     keys = np.sort(keys)
+    if keys.size == 0:
+        return keys, _EMPTY_I64
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
     counts = np.diff(np.append(starts, keys.size))
     return keys[starts], counts
@@ -626,6 +809,7 @@ class RougeLIndex:
         self._lens = np.zeros(64, dtype=np.int32)
         self._max_len = 0
         self._post = _Postings()
+        self._signatures = _Signatures()
         self._prefixes: dict[float, _PrefixIndex] = {}  # by floor threshold, built on demand
         self._cache_key: str | None = None
         self._cache_val: _Query | None = None
@@ -689,8 +873,7 @@ class RougeLIndex:
         add = self._post.add
         for elem in q.elems:
             add(elem, pos)
-        for prefix in self._prefixes.values():
-            prefix.add(pos, q.elems)
+        self._signatures.add(q.elems)
         self._cache_key = None
         return pos
 
@@ -769,25 +952,77 @@ class RougeLIndex:
             if not floors:
                 return None
             prefix = self._prefixes[max(floors)]
-        if 2 * prefix.ranked_at <= n:
-            prefix.rebuild(self._codes, self._lens, n)
+        prefix.catch_up(self._codes, self._lens, n)
         return prefix
 
-    def _above(self, q: _Query, threshold: float, before: int | None = None):
+    def _candidates(self, prefix: _PrefixIndex, q: _Query, threshold: float):
+        """Ascending positions that may have F1 > ``threshold`` with ``q`` (every one that
+        does): the prefix index's, then the newest texts' from whole postings; None where
+        the prefix index cannot serve ``q``."""
+        indexed = prefix.candidates(q, threshold, self._lens)
+        if indexed is None:
+            return None
+        return np.concatenate((indexed, self._newest_candidates(q, threshold, prefix.size)))
+
+    def _newest_candidates(self, q: _Query, threshold: float, start: int) -> np.ndarray:
+        """Positions >= ``start`` that may have F1 > ``threshold`` with ``q``, from the
+        postings of its rarest tokens (ascending; every one that does is among them)."""
+        plan = self._plan(q, threshold)
+        if plan is None or start >= len(self._texts):
+            return _EMPTY_I64
+        probe, rest = plan
+        sizes = self._post.sizes
+        views = [self._post.view(e) for e in probe if e in sizes]
+        # The needle in the postings' own dtype: a Python int would copy each to int64.
+        parts = [v[v.searchsorted(v.dtype.type(start)) :] for v in views]
+        if not parts:
+            return _EMPTY_I64
+        cands, hits = _run_counts(np.concatenate(parts))
+        lens = self._lens[cands]
+        ub = np.minimum(np.minimum(lens, q.m), hits + rest)
+        keep = 2.0 * ub > (threshold - _SLACK) * (q.m + lens)
+        return cands[keep].astype(np.int64)
+
+    def _above(self, q: _Query, threshold: float, before: int | None = None, near: int = 0):
         """(positions, F1) of the texts with F1 > threshold >= 0 (positions ascending, only
-        those < ``before`` if given), through the prefix index; None when it is not used."""
+        those < ``before`` if given), through the prefix index; None when it is not used.
+        ``near``: also score that many more of the prefix index's finds, those of highest
+        token overlap (the likely nearest texts; see ``probe``)."""
         prefix = self._prefix_for(threshold)
         if prefix is None:
             return None
-        cands = prefix.candidates(q, threshold, self._lens)
+        cands = self._candidates(prefix, q, threshold)
+        if cands is None:
+            return None
         if before is not None:
             cands = cands[: np.searchsorted(cands, before)]
+        cands = cands[self._shortlist(q, cands, threshold, near)]
         if cands.size == 0:
             return _EMPTY_I64, _EMPTY_F64
         f1 = _f1_array(self._lcs(q.code, cands), q.m, self._lens[cands])
         self._scored = cands, f1
         sel = f1 > threshold
         return cands[sel], f1[sel]
+
+    def _shortlist(
+        self, q: _Query, cands: np.ndarray, threshold: float, near: int = 0
+    ) -> np.ndarray:
+        """Which ``cands`` to score (a mask): those whose token overlap with ``q`` (bounded
+        by their signatures) leaves F1 > threshold possible, and the ``near`` others of
+        highest bound."""
+        if cands.size <= max(near, _SHORTLIST_FROM):
+            return np.ones(cands.size, dtype=bool)
+        lens = self._lens[cands].astype(np.int64)
+        total = q.m + lens
+        overlap = self._signatures.overlap_bounds(q.elems, cands, lens)
+        passing = 2.0 * overlap > (threshold - _SLACK) * total
+        if near:
+            rest = np.flatnonzero(~passing)
+            if rest.size > near:
+                ub = overlap[rest] / total[rest]
+                rest = rest[np.argpartition(-ub, near - 1)[:near]]
+            passing[rest] = True
+        return passing
 
     def _plan(self, q: _Query, threshold: float) -> tuple[list[int], int] | None:
         """Which of ``q``'s occurrences to look up to find every text with F1 > threshold >= 0.
@@ -929,9 +1164,16 @@ class RougeLIndex:
         self, prefix: _PrefixIndex, queries: Sequence[_Query], threshold: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``_probe_block`` through the prefix index: candidates query by query, one LCS
-        batch for the block."""
+        batch for the block. For a query too short for the pair index it gives only the
+        best text above the threshold (all that ``greedy_dedup`` and ``exceeds_many`` use)."""
         lens_all = self._lens
-        found = [prefix.candidates(q, threshold, lens_all) for q in queries]
+        found = [self._candidates(prefix, q, threshold) for q in queries]
+        for i, q in enumerate(queries):
+            if found[i] is None:  # a short query: whole postings, its best text only
+                pos = self._probe(q, threshold, first_only=False)[1]
+                found[i] = _EMPTY_I64 if pos < 0 else np.array([pos], dtype=np.int64)
+            else:
+                found[i] = found[i][self._shortlist(q, found[i], threshold)]
         counts = np.fromiter((f.shape[0] for f in found), dtype=np.int64, count=len(found))
         if counts.sum() == 0:
             return _EMPTY_I64, _EMPTY_I64, _EMPTY_F64
@@ -945,10 +1187,12 @@ class RougeLIndex:
         sel = f1 > threshold
         return qn[sel], pos[sel], f1[sel]
 
-    def _probe(self, q: _Query, threshold: float, *, first_only: bool) -> tuple[float, int]:
+    def _probe(
+        self, q: _Query, threshold: float, *, first_only: bool, near: int = 0
+    ) -> tuple[float, int]:
         """Best F1 > threshold over the index and its position (lowest on ties), or (-1.0, -1)
         when none. With ``first_only`` it returns as soon as one text is above the threshold
-        (then the figure need not be the best one)."""
+        (then the figure need not be the best one). ``near`` as for ``_above``."""
         if not self._texts:
             return -1.0, -1
         if threshold < 0:
@@ -958,7 +1202,7 @@ class RougeLIndex:
             scores = self._scores_q(q)
             best = int(np.argmax(scores))
             return float(scores[best]), best
-        found = self._above(q, threshold)
+        found = self._above(q, threshold, near=near)
         if found is not None:
             pos, f1 = found
             if pos.size == 0:
@@ -980,6 +1224,7 @@ class RougeLIndex:
         ub = np.minimum(np.minimum(lens_all[cands], m), hits + rest)
         lens = lens_all[cands]
         keep = 2.0 * ub > (threshold - _SLACK) * (m + lens)
+        keep[keep] = self._shortlist(q, cands[keep], threshold)
         cands, lens, ub = cands[keep], lens[keep], ub[keep]
         if cands.size == 0:
             return -1.0, -1
@@ -1068,14 +1313,15 @@ class RougeLIndex:
         return None if pos < 0 else (pos, f1)
 
     def probe(self, candidate: str, threshold: float) -> Probe:
-        """``best_above``, with what the search scored on the way: every indexed text it
-        could not rule out from F1 > ``threshold`` by token bounds, with its exact F1. Those
-        share the candidate's rarest tokens, so they are its likely nearest; `figures` uses
+        """``best_above``, with what the search scored on the way, each with its exact F1:
+        every indexed text it could not rule out from F1 > ``threshold`` by token bounds and,
+        in a large pool, the ``PROBE_NEAR`` others of highest token overlap among those
+        sharing the candidate's rarest tokens. They are its likely nearest; `figures` uses
         them as a kept candidate's `most_similar` in a large pool."""
         _check_threshold(threshold)
         q = self._query(candidate)
         self._scored = (_EMPTY_I64, _EMPTY_F64)
-        f1, pos = self._probe(q, threshold, first_only=False)
+        f1, pos = self._probe(q, threshold, first_only=False, near=PROBE_NEAR)
         near, near_f1 = self._scored
         match = None if pos < 0 else (pos, f1)
         return Probe(match, q.code, q.m, len(self._texts), near, near_f1)
@@ -1124,9 +1370,17 @@ class RougeLIndex:
             q = self._encode_tokens(self._split(text))
             self._scored = (_EMPTY_I64, _EMPTY_F64)
             if before > MEAN_EXACT_UP_TO:
-                self._above(q, near_threshold, before)
+                self._near_before(q, near_threshold, before)
             probes.append(Probe(None, q.code, q.m, before, *self._scored))
         return self.figures(probes, k)
+
+    def _near_before(self, q: _Query, threshold: float, before: int) -> None:
+        """Leave in ``_scored`` what a probe of ``q`` scores among positions < ``before``."""
+        if self._above(q, threshold, before, near=PROBE_NEAR) is None:
+            self._probe(q, threshold, first_only=False)  # a query the pairs cannot serve
+            near, near_f1 = self._scored
+            kept = near < before
+            self._scored = near[kept], near_f1[kept]
 
     def figures(
         self, probes: Sequence[Probe], k: int = 10
@@ -1214,6 +1468,8 @@ class Probe:
 # Where ``figures`` switches from exact figures to cheap ones, and the sample size.
 MEAN_EXACT_UP_TO = 50_000
 MEAN_SAMPLE = 2048
+# How many texts a probe scores beyond those that could pass its threshold (see ``probe``).
+PROBE_NEAR = 32
 
 
 def _top_positions(scores: np.ndarray, k: int) -> np.ndarray:
