@@ -243,3 +243,31 @@ def test_real_pool_past_the_prefix_size_equals_the_block_dedup_and_all_pairs(mon
             kept.append(i)
     assert index._prefixes, "the prefix index was not used"
     assert kept == greedy_dedup(texts, 0.7, initial=seeds).kept
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(near_duplicate_pool(), st.integers(0, 6))
+def test_many_texts_added_at_once_index_as_one_by_one(monkeypatch, texts, split):
+    """``add_many`` (with numpy past ``_BULK_FROM`` texts, as when step 1 resumes) leaves the
+    index as adding the texts one by one does: the same postings, signatures and answers."""
+    monkeypatch.setattr(similarity, "_BULK_FROM", 0)
+    monkeypatch.setattr(similarity, "_PREFIX_MIN_TEXTS", 0)
+    head = texts[: min(split, len(texts))]
+    one_by_one, at_once = RougeLIndex(), RougeLIndex(head[:1])
+    for text in texts:
+        one_by_one.add(text)
+    at_once.add_many(head[1:])  # onto texts already there, then onto an empty index
+    at_once.add_many(texts[len(head) :])
+    post_a, post_b = one_by_one._post, at_once._post
+    assert sorted(post_a.sizes) == sorted(post_b.sizes)
+    for elem in post_a.sizes:
+        assert post_a.view(elem).tolist() == post_b.view(elem).tolist()
+    used = len(texts)
+    assert (one_by_one._signatures.rows[:used] == at_once._signatures.rows[:used]).all()
+    for cand in texts + ["a b c", "w1 w2 w3 w4"]:
+        assert one_by_one.best_above(cand, 0.5) == at_once.best_above(cand, 0.5)
+        assert one_by_one.top_k(cand, 3) == at_once.top_k(cand, 3)

@@ -348,6 +348,21 @@ class _Postings:
         else:
             waiting.append(pos)
 
+    def extend(self, elems: np.ndarray, positions: np.ndarray) -> None:
+        """Add many (element, position) at once; every position above those already held."""
+        if elems.size == 0:
+            return
+        order = np.lexsort((positions, elems))
+        elems, positions = elems[order], positions[order].astype(self.dtype)
+        heads = np.flatnonzero(np.concatenate(([True], elems[1:] != elems[:-1])))
+        bounds = np.append(heads, elems.size).tolist()
+        sizes, arrays = self.sizes, self.arrays
+        for elem, lo, hi in zip(elems[heads].tolist(), bounds, bounds[1:], strict=False):
+            held = sizes.get(elem)
+            chunk = positions[lo:hi]  # a view: the posting grows into a new array, if ever
+            arrays[elem] = chunk if held is None else np.concatenate((self.view(elem), chunk))
+            sizes[elem] = (held or 0) + hi - lo
+
     def view(self, elem: int) -> np.ndarray:
         size = self.sizes[elem]
         waiting = self.pending.pop(elem, None)
@@ -364,11 +379,21 @@ class _Postings:
         return arr[:size]
 
 
-_RANK_CAP = (1 << 16) - 1  # ranks in a text are stored as uint16, capped (a safe bound)
+# A pair-index entry packs, high bits to low: the pair's hashed key, the text's position, and
+# the rank in the text of the pair's second element, capped (a lower rank only loosens the
+# bound, so a capped one is safe).
+_RANK_BITS = 6
+_POS_BITS = 28  # positions up to 268 million
+_KEY_SHIFT = np.uint64(_RANK_BITS + _POS_BITS)
+_RANK_FIELD = np.uint64((1 << _RANK_BITS) - 1)
+_POS_FIELD = np.uint64((1 << _POS_BITS) - 1)
+_LOW_FIELDS = np.uint64((1 << (_RANK_BITS + _POS_BITS)) - 1)
+_KEY_DROP = 64 - (64 - _RANK_BITS - _POS_BITS)  # a 64-bit hash keeps its top 30 bits
 _UNRANKED = 1 << 62  # elements first seen after the last re-ranking sort before all others
 _PREFIX_MIN_TEXTS = 32_768  # below this, whole postings are as fast (measured: even near 50K)
 _PREFIX_BLOCK_MIN_TEXTS = 65_536  # the same for blocks of queries (``greedy_dedup``)
 _TAIL_TEXTS = 8192  # the fewest new texts a prefix index takes in at once
+_BULK_FROM = 1024  # ``add_many`` indexes this many texts or more with numpy, not one by one
 _M64 = (1 << 64) - 1
 _PAIR_A = 0x9E3779B97F4A7C15  # two odd multipliers: an ordered pair -> 32 mixed bits
 _PAIR_B = 0xC2B2AE3D27D4EB4F
@@ -378,11 +403,11 @@ _limits: dict[tuple[int, float, int, int], tuple[np.ndarray, list[int]]] = {}
 
 def _pair_keys(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The hash key of each ordered pair of elements; the same integers as the scalar
-    ``((a * _PAIR_A) mod 2**64 ^ (b * _PAIR_B) mod 2**64) >> 32`` in ``_PrefixIndex``."""
+    ``((a * _PAIR_A) mod 2**64 ^ (b * _PAIR_B) mod 2**64) >> _KEY_DROP`` in ``_PrefixIndex``."""
     a = first.astype(np.uint64) * np.uint64(_PAIR_A)  # wraps modulo 2**64, as intended
     a ^= second.astype(np.uint64) * np.uint64(_PAIR_B)
-    a >>= np.uint64(32)
-    return a.astype(np.uint32)
+    a >>= np.uint64(_KEY_DROP)
+    return a
 
 
 def _probe_limits(m: int, tt: float, lo: int, hi: int) -> tuple[np.ndarray, list[int]]:
@@ -428,66 +453,39 @@ def _need_table(m: int, tt: float, top: int) -> np.ndarray:
 
 
 class _Run:
-    """Entries of the pair index under their keys: the distinct keys ascending, where each
-    key's entries start (one more at the end), and per entry the text's position and the
-    rank of the pair's second element in it."""
+    """Entries of the pair index, each one integer: the pair's key, the text's position and
+    the rank of the pair's second element in it (``_pack``), all sorted, so the entries of a
+    key are one slice and building a run is one fast sort of plain integers."""
 
-    __slots__ = ("keys", "pos", "rank", "starts")
+    __slots__ = ("packed",)
 
-    def __init__(self, keys: np.ndarray, pos: np.ndarray, rank: np.ndarray) -> None:
-        """From entries sorted by key."""
-        heads = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        self.keys = keys[heads[heads < keys.size]]
-        self.starts = np.append(heads[heads < keys.size], keys.size).astype(np.int64)
-        self.pos = pos
-        self.rank = rank
-
-    @classmethod
-    def empty(cls) -> _Run:
-        return cls(_EMPTY_U32, _EMPTY_I32, _EMPTY_U16)
-
-    @classmethod
-    def sorted_from(cls, keys: np.ndarray, pos: np.ndarray, rank: np.ndarray) -> _Run:
-        order = np.argsort(keys, kind="stable")
-        return cls(keys[order], pos[order], rank[order])
-
-    def entry_keys(self) -> np.ndarray:
-        return np.repeat(self.keys, np.diff(self.starts))
+    def __init__(self, packed: np.ndarray) -> None:
+        self.packed = packed  # ascending uint64
 
     def merged(self, other: _Run) -> _Run:
-        """Both runs as one, in one linear pass (no sort)."""
-        mine_keys, other_keys = self.entry_keys(), other.entry_keys()
-        at = np.searchsorted(mine_keys, other_keys, side="right")
-        at += np.arange(other_keys.size, dtype=np.int64)  # where each of ``other`` lands
-        mine = np.ones(mine_keys.size + other_keys.size, dtype=bool)
-        mine[at] = False
-        out = []
-        for a, b in ((mine_keys, other_keys), (self.pos, other.pos), (self.rank, other.rank)):
-            both = np.empty(mine.size, dtype=a.dtype)
-            both[at], both[mine] = b, a
-            out.append(both)
-        return _Run(*out)
+        return _Run(np.sort(np.concatenate((self.packed, other.packed))))
 
     def lookup(
         self, wanted: np.ndarray, ranks: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(position, rank in the text, the rank given with the key) of each entry under the
-        ``wanted`` keys."""
-        n_keys = self.keys.size
-        if n_keys == 0:
-            return _EMPTY_I32, _EMPTY_U16, _EMPTY_I64
-        at = np.searchsorted(self.keys, wanted)
-        np.minimum(at, n_keys - 1, out=at)
-        rows = np.flatnonzero(self.keys[at] == wanted)
-        at = at[rows]
-        lo = self.starts[at]
-        width = self.starts[at + 1] - lo
+        ``wanted`` keys (ascending uint64)."""
+        packed = self.packed
+        first = wanted << _KEY_SHIFT
+        lo = np.searchsorted(packed, first)
+        width = np.searchsorted(packed, first | _LOW_FIELDS, side="right") - lo
         total = int(width.sum())
         if total == 0:
-            return _EMPTY_I32, _EMPTY_U16, _EMPTY_I64
+            return _EMPTY_I64, _EMPTY_I64, _EMPTY_I64
         ends = np.cumsum(width)
         idx = np.arange(total, dtype=np.int64) + np.repeat(lo - (ends - width), width)
-        return self.pos[idx], self.rank[idx], np.repeat(ranks[rows], width)
+        found = packed[idx]
+        pos = ((found >> _RANK_BITS) & _POS_FIELD).astype(np.int64)
+        rank = (found & _RANK_FIELD).astype(np.int64)
+        return pos, rank, np.repeat(ranks, width)
+
+
+_EMPTY_RUN_KEYS = np.zeros(0, dtype=np.uint64)
 
 
 class _PrefixIndex:
@@ -518,8 +516,8 @@ class _PrefixIndex:
     def __init__(self, floor: float) -> None:
         self.floor = floor
         self.rank: dict[int, int] = {}
-        self.base = _Run.empty()  # texts 0..ranked_at-1
-        self.delta = _Run.empty()  # texts ranked_at..size-1
+        self.base = _Run(_EMPTY_RUN_KEYS)  # texts 0..ranked_at-1
+        self.delta = _Run(_EMPTY_RUN_KEYS)  # texts ranked_at..size-1
         self.size = 0  # texts indexed
         self.ranked_at = 0  # collection size at the last re-ranking
 
@@ -539,7 +537,7 @@ class _PrefixIndex:
 
     def rebuild(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
         """Re-rank by document frequency and index texts 0..count-1 again, in a few sorts."""
-        self.base = self.delta = _Run.empty()
+        self.base = self.delta = _Run(_EMPTY_RUN_KEYS)
         n_tok = lens[:count].astype(np.int64)
         doc, elem = _all_elements(codes[:count], n_tok)
         # Rank: by document frequency (each element is in a text at most once), then id.
@@ -549,7 +547,7 @@ class _PrefixIndex:
         self.rank = dict(zip(distinct.tolist(), rank_of.tolist(), strict=True))
         order_key = rank_of[inverse.ravel()]
         del inverse, distinct, df
-        self.base = _Run.sorted_from(*self._pairs(doc, elem, order_key, n_tok, 0))
+        self.base = self._pairs(doc, elem, order_key, n_tok, 0)
         self.size = self.ranked_at = count
 
     def extend(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
@@ -561,8 +559,7 @@ class _PrefixIndex:
         order_key = np.fromiter(
             (rank.get(e, e - _UNRANKED) for e in elem.tolist()), dtype=np.int64, count=elem.size
         )
-        batch = _Run.sorted_from(*self._pairs(doc, elem, order_key, n_tok, start))
-        self.delta = self.delta.merged(batch)
+        self.delta = self.delta.merged(self._pairs(doc, elem, order_key, n_tok, start))
         self.size = count
 
     def _pairs(
@@ -572,18 +569,18 @@ class _PrefixIndex:
         order_key: np.ndarray,
         n_tok: np.ndarray,
         start: int,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Keys, positions and ranks of texts (``doc`` counted from ``start``) with these elements,
-        each element placed in the global order by ``order_key``."""
+    ) -> _Run:
+        """The run of texts (``doc`` counted from ``start``) with these elements, each
+        element placed in the global order by ``order_key``."""
         by_rank = np.lexsort((order_key, doc))
         doc, elem = doc[by_rank], elem[by_rank]
         j = np.arange(doc.size, dtype=np.int64) - (np.cumsum(n_tok) - n_tok)[doc]
         top = int(n_tok.max(initial=0))
         plen = np.array([max(0, self._prefix_len(n)) for n in range(top + 1)], dtype=np.int64)
         prefix = plen[n_tok]
-        keys, pos, rank = _prefix_pairs(elem[j < prefix[doc]], prefix)
-        pos += start
-        return keys, pos, rank
+        packed = _prefix_pairs(elem[j < prefix[doc]], prefix, start)
+        packed.sort()
+        return _Run(packed)
 
     def candidates(self, q: _Query, threshold: float, lens: np.ndarray) -> np.ndarray | None:
         """Ascending positions of the indexed texts (those before ``size``) that may have
@@ -608,22 +605,22 @@ class _PrefixIndex:
                 break
             second = (ordered[b] * _PAIR_B) & _M64
             for e in ordered[:b]:
-                keys.append((((e * _PAIR_A) & _M64) ^ second) >> 32)
+                keys.append((((e * _PAIR_A) & _M64) ^ second) >> _KEY_DROP)
                 key_ranks.append(i)
         if not keys:
             return _EMPTY_I64
-        wanted = np.array(keys, dtype=np.uint32)
+        wanted = np.array(keys, dtype=np.uint64)
         by_key = np.argsort(wanted)  # sorted needles: each search starts where the last ended
         wanted = wanted[by_key]
         wanted_ranks = np.array(key_ranks, dtype=np.int64)[by_key]
-        runs = [run for run in (self.base, self.delta) if run.keys.size]
+        runs = [run for run in (self.base, self.delta) if run.packed.size]
         found = [run.lookup(wanted, wanted_ranks) for run in runs]
         if not found:
             return _EMPTY_I64
         pos = np.concatenate([f[0] for f in found])
         if pos.size == 0:
             return _EMPTY_I64
-        jj = np.concatenate([f[1] for f in found]).astype(np.int64)
+        jj = np.concatenate([f[1] for f in found])
         ii = np.concatenate([f[2] for f in found])
         n = lens[pos].astype(np.int64)
         # At most min(m - 1 - i, n - 1 - j) common elements follow the second of the pair.
@@ -657,26 +654,25 @@ def _all_elements(codes: np.ndarray, n_tok: np.ndarray) -> tuple[np.ndarray, np.
     return doc, elem
 
 
-def _prefix_pairs(elem: np.ndarray, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Key, text and rank of the second element of every pair within each text's prefix:
-    ``elem`` holds the texts' prefixes one after another (text t's ``prefix[t]`` elements,
-    in rank order)."""
+def _prefix_pairs(elem: np.ndarray, prefix: np.ndarray, start: int) -> np.ndarray:
+    """The packed entries (unsorted) of every pair within each text's prefix: ``elem`` holds
+    the texts' prefixes one after another (text t's ``prefix[t]`` elements, in rank order),
+    text t being at position ``start + t``."""
+    if start + prefix.size > 1 << _POS_BITS:
+        raise ValueError(f"the pair index holds at most {1 << _POS_BITS:,} texts")
     starts = np.cumsum(prefix) - prefix
-    keys: list[np.ndarray] = []
-    texts: list[np.ndarray] = []
-    ranks: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
     for j in range(1, int(prefix.max(initial=0))):
         docs = np.flatnonzero(prefix > j)
         at = starts[docs]
         second = elem[at + j]
-        rank = np.full(docs.size, min(j, _RANK_CAP), dtype=np.uint16)
+        rank = np.uint64(min(j, int(_RANK_FIELD)))
+        tail = ((docs + start).astype(np.uint64) << np.uint64(_RANK_BITS)) | rank
         for i in range(j):
-            keys.append(_pair_keys(elem[at + i], second))
-            texts.append(docs.astype(np.int32))
-            ranks.append(rank)
-    if not keys:
-        return _EMPTY_U32, _EMPTY_I32, _EMPTY_U16
-    return np.concatenate(keys), np.concatenate(texts), np.concatenate(ranks)
+            part = _pair_keys(elem[at + i], second) << _KEY_SHIFT
+            part |= tail
+            parts.append(part)
+    return np.concatenate(parts) if parts else _EMPTY_RUN_KEYS
 
 
 class _Signatures:
@@ -701,6 +697,16 @@ class _Signatures:
             self.rows = _grown(self.rows, self.used + 1)
         self.rows[self.used] = _signature(elems)
         self.used += 1
+
+    def extend(self, texts: np.ndarray, elems: np.ndarray, count: int) -> None:
+        """Add ``count`` texts at once, from (text number among them, element) pairs."""
+        if self.used + count > self.rows.shape[0]:
+            self.rows = _grown(self.rows, self.used + count)
+        hashed = elems.astype(np.uint64) * np.uint64(_HASH_MULT)  # wraps, as ``_signature``
+        bucket = (hashed >> np.uint64(64 - 8)).astype(np.int64)
+        bits = np.left_shift(np.uint64(1), (bucket & 63).astype(np.uint64))
+        np.bitwise_or.at(self.rows, (texts + self.used, bucket >> 6), bits)
+        self.used += count
 
     def overlap_bounds(self, elems: Sequence[int], positions: np.ndarray, lens: np.ndarray):
         """An upper bound on the token overlap of a query with known ``elems`` and each text
@@ -749,8 +755,6 @@ _POS_MASK = (1 << 32) - 1
 _SHORTLIST_FROM = 512
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
-_EMPTY_U32 = np.zeros(0, dtype=np.uint32)
-_EMPTY_U16 = np.zeros(0, dtype=np.uint16)
 _EMPTY_F64 = np.zeros(0, dtype=np.float64)
 
 
@@ -882,9 +886,29 @@ class RougeLIndex:
         return self._add_tokens(text, self._split(text))
 
     def add_many(self, texts: Iterable[str]) -> None:
-        """Index each text in turn (positions follow on)."""
-        for text in texts:
-            self.add(text)
+        """Index each text in turn (positions follow on); many at once with numpy (a run
+        folder's pool, when step 1 resumes)."""
+        texts = list(texts)
+        if len(texts) < max(_BULK_FROM, 1):
+            for text in texts:
+                self.add(text)
+            return
+        vocab = self._vocab
+        ids = [[vocab.setdefault(t, len(vocab)) for t in self._split(text)] for text in texts]
+        start, stop = len(self._texts), len(self._texts) + len(texts)
+        self._texts.extend(texts)
+        if stop > self._lens.shape[0]:
+            self._lens = _grown(self._lens, stop)
+            self._codes = _grown(self._codes, stop)
+        for pos, one in enumerate(ids, start=start):  # one by one: a code may be a list
+            self._codes[pos] = _as_code(one)
+        n_tok = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        self._lens[start:stop] = n_tok
+        self._max_len = max(self._max_len, int(n_tok.max()))
+        doc, elem = _all_elements(self._codes[start:stop], n_tok)
+        self._post.extend(elem, doc + start)
+        self._signatures.extend(doc, elem, len(texts))
+        self._cache_key = None
 
     # ---- internals of queries ----------------------------------------------------------
 
@@ -1420,8 +1444,10 @@ class RougeLIndex:
                 sample = np.arange(lowest, dtype=np.int64)
             else:
                 sample = np.arange(MEAN_SAMPLE, dtype=np.int64) * lowest // MEAN_SAMPLE
+            # One thread: past 50,000 the decisions are the bottleneck, and step 1's decision
+            # worker needs the other core more than this sample does.
             rows = self._f1_rows(
-                [probes[i] for i in large], self._codes[sample], self._lens[sample]
+                [probes[i] for i in large], self._codes[sample], self._lens[sample], workers=1
             )
             means = rows.mean(axis=1)
             for i, row, mean in zip(large, rows, means.tolist(), strict=True):
@@ -1436,16 +1462,18 @@ class RougeLIndex:
         return out
 
     def _f1_rows(
-        self, queries: Sequence[_Query] | Sequence[Probe], codes: np.ndarray, lens: np.ndarray
+        self,
+        queries: Sequence[_Query] | Sequence[Probe],
+        codes: np.ndarray,
+        lens: np.ndarray,
+        workers: int | None = None,
     ) -> np.ndarray:
         """F1 of each query (rows) to the indexed texts with ``codes`` and ``lens`` (columns),
-        in one batched LCS call."""
+        in one batched LCS call (on ``workers`` threads, by default as the index says)."""
+        if workers is None:
+            workers = self._cdist_workers(len(queries) * len(codes))
         lcs = process.cdist(
-            _code_array(queries),
-            codes,
-            scorer=LCSseq.similarity,
-            dtype=np.int32,
-            workers=self._cdist_workers(len(queries) * len(codes)),
+            _code_array(queries), codes, scorer=LCSseq.similarity, dtype=np.int32, workers=workers
         )
         ms = np.array([q.m for q in queries], dtype=np.int64)[:, None]
         return _f1_array(lcs, ms, lens)
