@@ -865,12 +865,8 @@ class RougeLIndex:
         pos = len(self._texts)
         self._texts.append(text)
         if pos == self._lens.shape[0]:
-            grown = np.zeros(pos * 2, dtype=np.int32)
-            grown[:pos] = self._lens
-            self._lens = grown
-            codes = np.empty(pos * 2, dtype=object)
-            codes[:pos] = self._codes
-            self._codes = codes
+            self._lens = _grown(self._lens, pos + 1)
+            self._codes = _grown(self._codes, pos + 1)
         self._lens[pos] = q.m
         self._max_len = max(self._max_len, q.m)
         self._codes[pos] = q.code
