@@ -386,6 +386,14 @@ def main() -> int:
     ap.add_argument("--ours-seconds", type=float, default=3600, help="time given to ours")
     ap.add_argument("--skip-today", action="store_true")
     ap.add_argument(
+        "--folder", default=None, help="grow ours in DIR/ours and keep it (default: a temp dir)"
+    )
+    ap.add_argument(
+        "--resume-only",
+        action="store_true",
+        help="with --folder: only time the resume (plus 1,000) of the pool already in DIR/ours",
+    )
+    ap.add_argument(
         "--kernel-pools",
         default=None,
         help="instead of the run: the index's CPU per candidate at these pool sizes, e.g."
@@ -422,8 +430,12 @@ def main() -> int:
             if not args.skip_today:
                 out = Path(tmp) / "today"
                 results.append(run_kernel("today", out, args.target, base_url, args.today_seconds))
-            out = Path(tmp) / "ours"
-            ours = run_kernel("ours", out, args.target, base_url, args.ours_seconds)
+            out = Path(args.folder or tmp) / "ours"
+            if args.resume_only:
+                pool = sum(1 for _ in (out / "machine_generated_instructions.jsonl").open("rb"))
+                ours = {"kernel": "ours", "pool": pool, "wall": 0.0, "peak_mb": 0.0, "bands": {}}
+            else:
+                ours = run_kernel("ours", out, args.target, base_url, args.ours_seconds)
             results.insert(0, ours)
             t0 = time.perf_counter()
             again = run_kernel("ours", out, ours["pool"] + 1000, base_url, 600)

@@ -27,15 +27,15 @@ DATA = next(
 )
 
 
-@pytest.fixture(params=["newest_by_postings", "all_in_runs"])
+@pytest.fixture(params=["newest_in_dict", "all_in_runs"])
 def prefix_always(monkeypatch, request):
     """The prefix index from the first text, in two ways: the newest texts (fewer than
-    ``_TAIL_TEXTS``) searched through whole postings, or every text taken into the pair
-    runs at once."""
+    ``_TAIL_TEXTS``) in its dict, or every text taken into the sorted runs at once."""
     monkeypatch.setattr(similarity, "_PREFIX_MIN_TEXTS", 0)
     monkeypatch.setattr(similarity, "_PREFIX_BLOCK_MIN_TEXTS", 0)
     if request.param == "all_in_runs":
         monkeypatch.setattr(similarity, "_TAIL_TEXTS", 1)
+        monkeypatch.setattr(similarity, "_BATCH_SHARE", 1 << 40)
 
 
 def brute_best(pool: list[str], cand: str, threshold: float) -> tuple[int, float] | None:
@@ -115,15 +115,15 @@ def test_decisions_equal_all_pairs(prefix_always, texts, threshold):
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(near_duplicate_pool())
-def test_pair_hash_collisions_only_add_candidates(monkeypatch, texts):
+def test_pair_hash_collisions_only_add_candidates(prefix_always, monkeypatch, texts):
     """Every pair hashed to one key: each lookup reads every entry, each judged on its own
     bound, and the decisions are still those of all pairs."""
-    monkeypatch.setattr(similarity, "_PREFIX_MIN_TEXTS", 0)
-    monkeypatch.setattr(similarity, "_PREFIX_BLOCK_MIN_TEXTS", 0)
-    monkeypatch.setattr(similarity, "_TAIL_TEXTS", 1)
     monkeypatch.setattr(similarity, "_PAIR_A", 0)
     monkeypatch.setattr(similarity, "_PAIR_B", 0)
     assert step_one(texts, 0.7) == brute_greedy(texts, 0.7)
+    one = decide_one_by_one(texts[:2], texts[2:], 0.7)
+    batched = decide_in_batches(texts[:2], texts[2:], 0.7, 9)
+    assert all(probes_equal(g, w) for g, w in zip(batched, one, strict=True))
 
 
 @settings(
@@ -141,6 +141,77 @@ def test_best_above_equals_all_pairs_as_the_index_grows(prefix_always, texts, da
             assert index.best_above(cand, t) == brute_best(pool, cand, t)
             assert index.exceeds(cand, t) == (brute_best(pool, cand, t) is not None)
         index.add(text)  # re-ranks each time the index doubles
+
+
+def probes_equal(a: similarity.Probe, b: similarity.Probe) -> bool:
+    return (
+        (a.match, a.code, a.m, a.before) == (b.match, b.code, b.m, b.before)
+        and a.near.tolist() == b.near.tolist()
+        and a.near_f1.tolist() == b.near_f1.tolist()
+    )
+
+
+def decide_one_by_one(seeds: list[str], texts: list[str], threshold: float):
+    index = RougeLIndex(seeds)
+    probes = []
+    for text in texts:
+        probes.append(index.probe(text, threshold))
+        if probes[-1].match is None:
+            index.add(text)
+    return probes
+
+
+def decide_in_batches(seeds: list[str], texts: list[str], threshold: float, size: int):
+    index = RougeLIndex(seeds)
+    probes = []
+    for start in range(0, len(texts), size):
+        batch = index.probe_many(texts[start : start + size], threshold)
+        for k in range(len(batch.texts)):
+            probes.append(batch.probe(k))
+            if probes[-1].match is None:
+                batch.keep(k)
+    return probes
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(near_duplicate_pool(), st.sampled_from([0.0, 0.5, 0.7]), st.integers(1, 40))
+def test_probes_in_batches_equal_probes_one_by_one(prefix_always, texts, threshold, size):
+    """Every field of every ``Probe``, the texts scored on the way included: new words, texts
+    kept within a batch, re-ranking in the middle of one."""
+    seeds, rest = texts[:3], texts[3:]
+    one = decide_one_by_one(seeds, rest, threshold)
+    assert len(one) == len(rest)
+    for got, want in zip(decide_in_batches(seeds, rest, threshold, size), one, strict=True):
+        assert probes_equal(got, want)
+
+
+def test_probes_in_batches_on_real_lines_equal_probes_one_by_one(monkeypatch):
+    """2,500 real lines and reordered copies, the pair index from 1,024 texts: batches of 140
+    (a request of 20 answers) give every ``Probe`` as one by one does, and most of the
+    candidates are served by the batch, not one at a time."""
+    monkeypatch.setattr(similarity, "_PREFIX_MIN_TEXTS", 1024)
+    lines = _bench_lines(2500)
+    rng = random.Random(3)
+    lines += [" ".join(rng.sample(t.split(), len(t.split()))) for t in rng.sample(lines, 200)]
+    rng.shuffle(lines)
+    seeds, rest = lines[:1100], lines[1100:]
+    served = []
+    real_probe = similarity.RougeLIndex.probe
+
+    def counting_probe(self, text, threshold):
+        served.append(text)
+        return real_probe(self, text, threshold)
+
+    one = decide_one_by_one(seeds, rest, 0.7)
+    monkeypatch.setattr(similarity.RougeLIndex, "probe", counting_probe)
+    batched = decide_in_batches(seeds, rest, 0.7, 140)
+    assert all(probes_equal(g, w) for g, w in zip(batched, one, strict=True))
+    assert sum(p.match is not None for p in one) > 50
+    assert len(served) < len(rest) // 4
 
 
 def test_exact_ties_at_the_threshold(prefix_always):

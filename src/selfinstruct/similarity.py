@@ -385,14 +385,17 @@ class _Postings:
 _RANK_BITS = 6
 _POS_BITS = 28  # positions up to 268 million
 _KEY_SHIFT = np.uint64(_RANK_BITS + _POS_BITS)
-_RANK_FIELD = np.uint64((1 << _RANK_BITS) - 1)
+_RANK_CAP = (1 << _RANK_BITS) - 1  # ranks beyond are stored as this (a looser bound)
+_RANK_FIELD = np.uint64(_RANK_CAP)
 _POS_FIELD = np.uint64((1 << _POS_BITS) - 1)
 _LOW_FIELDS = np.uint64((1 << (_RANK_BITS + _POS_BITS)) - 1)
 _KEY_DROP = 64 - (64 - _RANK_BITS - _POS_BITS)  # a 64-bit hash keeps its top 30 bits
 _UNRANKED = 1 << 62  # elements first seen after the last re-ranking sort before all others
 _PREFIX_MIN_TEXTS = 32_768  # below this, whole postings are as fast (measured: even near 50K)
 _PREFIX_BLOCK_MIN_TEXTS = 65_536  # the same for blocks of queries (``greedy_dedup``)
-_TAIL_TEXTS = 8192  # the fewest new texts a prefix index takes in at once
+_TAIL_TEXTS = 8192  # the fewest new texts a prefix index takes into its runs at once
+_BATCH_SHARE = 16  # ... and at least this share of those it holds (1/16)
+_DIRECTORY_MAX_BITS = 24  # a run's directory: at most 16M buckets (64 MB)
 _BULK_FROM = 1024  # ``add_many`` indexes this many texts or more with numpy, not one by one
 _M64 = (1 << 64) - 1
 _PAIR_A = 0x9E3779B97F4A7C15  # two odd multipliers: an ordered pair -> 32 mixed bits
@@ -439,50 +442,67 @@ def _need_table(m: int, tt: float, top: int) -> np.ndarray:
     key = (m, tt)
     table = _need_tables.get(key)
     if table is None or table.shape[0] <= top:
-        size = max(top + 1, 64)
-        bound = tt * (m + np.arange(size, dtype=np.float64))
-        need = np.maximum(np.floor(bound / 2.0).astype(np.int64) + 1, 1)
-        # Correct any rounding of the division by one step either way.
-        need += ~(2.0 * need > bound)
-        lower = need - 1
-        need -= (lower >= 1) & (2.0 * lower > bound)
         if len(_need_tables) >= 4096:
             _need_tables.clear()
-        table = _need_tables[key] = need
+        table = _need_tables[key] = _need(m, np.arange(max(top + 1, 64), dtype=np.int64), tt)
     return table
+
+
+def _need(m: int | np.ndarray, n: np.ndarray, tt: float) -> np.ndarray:
+    """``_need_table``'s entries for these m and n (arrays, or m a number)."""
+    bound = tt * (m + n.astype(np.float64))
+    need = np.maximum(np.floor(bound / 2.0).astype(np.int64) + 1, 1)
+    # Correct any rounding of the division by one step either way.
+    need += ~(2.0 * need > bound)
+    lower = need - 1
+    need -= (lower >= 1) & (2.0 * lower > bound)
+    return need
 
 
 class _Run:
     """Entries of the pair index, each one integer: the pair's key, the text's position and
     the rank of the pair's second element in it (``_pack``), all sorted, so the entries of a
-    key are one slice and building a run is one fast sort of plain integers."""
+    key are one slice and building a run is one fast sort of plain integers.
 
-    __slots__ = ("packed",)
+    A binary search of tens of millions of entries misses the cache at nearly every step, so
+    a directory on the keys' top bits (about four entries a bucket) leads a lookup straight
+    to the few entries its key can be among."""
+
+    __slots__ = ("directory", "packed", "shift")
 
     def __init__(self, packed: np.ndarray) -> None:
         self.packed = packed  # ascending uint64
+        bits = min(max(int(packed.size).bit_length() - 2, 1), _DIRECTORY_MAX_BITS)
+        self.shift = np.uint64(64 - bits)
+        counts = np.bincount((packed >> self.shift).astype(np.intp), minlength=1 << bits)
+        small = packed.size < 1 << 32  # offsets fit 32 bits: half the directory's memory
+        directory = np.zeros((1 << bits) + 1, dtype=np.uint32 if small else np.int64)
+        np.cumsum(counts, out=directory[1:])
+        self.directory = directory
 
     def merged(self, other: _Run) -> _Run:
-        return _Run(np.sort(np.concatenate((self.packed, other.packed))))
+        # Two sorted runs end to end: the stable sort (timsort) merges them in linear time.
+        return _Run(np.sort(np.concatenate((self.packed, other.packed)), kind="stable"))
 
     def lookup(
-        self, wanted: np.ndarray, ranks: np.ndarray
+        self, wanted: np.ndarray, tags: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(position, rank in the text, the rank given with the key) of each entry under the
-        ``wanted`` keys (ascending uint64)."""
-        packed = self.packed
-        first = wanted << _KEY_SHIFT
-        lo = np.searchsorted(packed, first)
-        width = np.searchsorted(packed, first | _LOW_FIELDS, side="right") - lo
+        """(position, rank in the text, the tag given with the key) of each entry under the
+        ``wanted`` keys (uint64)."""
+        bucket = ((wanted << _KEY_SHIFT) >> self.shift).astype(np.intp)
+        lo = self.directory[bucket].astype(np.int64)
+        width = self.directory[bucket + 1] - lo
         total = int(width.sum())
         if total == 0:
             return _EMPTY_I64, _EMPTY_I64, _EMPTY_I64
         ends = np.cumsum(width)
         idx = np.arange(total, dtype=np.int64) + np.repeat(lo - (ends - width), width)
-        found = packed[idx]
+        found = self.packed[idx]
+        same = (found >> _KEY_SHIFT) == np.repeat(wanted, width)  # the bucket's other keys out
+        found = found[same]
         pos = ((found >> _RANK_BITS) & _POS_FIELD).astype(np.int64)
         rank = (found & _RANK_FIELD).astype(np.int64)
-        return pos, rank, np.repeat(ranks, width)
+        return pos, rank, np.repeat(tags, width)[same]
 
 
 _EMPTY_RUN_KEYS = np.zeros(0, dtype=np.uint64)
@@ -507,10 +527,11 @@ class _PrefixIndex:
     own bound, and a text is a candidate when any of its entries passes, so the entry of its
     true first two common elements always keeps it.
 
-    Texts are indexed in bulk, with numpy, never one by one: all of them again, re-ranked,
-    when the collection has doubled since the last ranking (``base``); the texts added since
-    then in batches (``delta``), once they are a sixteenth of those indexed. The newest texts,
-    not yet indexed (from ``size`` on), are the caller's to search.
+    Texts are indexed in bulk, with numpy: all of them again, re-ranked, when the collection
+    has doubled since the last ranking (``base``); the texts added since then in batches
+    (``delta``), once they are a sixteenth of those indexed. The newest texts, until they are
+    a batch, go one by one into a dict (``fresh``), entries in the runs' packing without the
+    key.
     """
 
     def __init__(self, floor: float) -> None:
@@ -518,8 +539,10 @@ class _PrefixIndex:
         self.rank: dict[int, int] = {}
         self.base = _Run(_EMPTY_RUN_KEYS)  # texts 0..ranked_at-1
         self.delta = _Run(_EMPTY_RUN_KEYS)  # texts ranked_at..size-1
-        self.size = 0  # texts indexed
+        self.size = 0  # texts in the runs
         self.ranked_at = 0  # collection size at the last re-ranking
+        self.fresh: dict[int, int | list[int]] = {}  # texts size..fresh_to-1: key -> entries
+        self.fresh_to = 0
 
     def _order(self, elems: Sequence[int]) -> list[int]:
         rank = self.rank
@@ -529,11 +552,35 @@ class _PrefixIndex:
         return n - max(2, _min_overlap(n, self.floor)) + 2
 
     def catch_up(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
-        """Bring the index up to texts 0..count-1, or near enough (see the class)."""
+        """Bring the index up to texts 0..count-1 (see the class)."""
         if 2 * self.ranked_at <= count:
             self.rebuild(codes, lens, count)
-        elif count - self.size >= max(_TAIL_TEXTS, self.size // 16):
+        elif count - self.size >= max(_TAIL_TEXTS, self.size // _BATCH_SHARE):
             self.extend(codes, lens, count)
+        for pos in range(self.fresh_to, count):
+            self.add_fresh(pos, self.pairs_of(pos, codes[pos], int(lens[pos])))
+
+    def add_fresh(self, pos: int, pairs: list[tuple[int, int]]) -> None:
+        """Put text ``pos``'s ``pairs_of`` in ``fresh`` if it is the next text it takes."""
+        if pos == self.fresh_to:
+            _dict_add(self.fresh, pairs)
+            self.fresh_to += 1
+
+    def pairs_of(self, pos: int, code: str | list[int], n: int) -> list[tuple[int, int]]:
+        """(key, entry) of each pair a text is indexed under: what ``_pairs`` gives it, the
+        entry without its key."""
+        ordered = self._order(_elements(_ids_of(code)))
+        firsts = [(e * _PAIR_A) & _M64 for e in ordered]
+        out: list[tuple[int, int]] = []
+        for j in range(1, self._prefix_len(n)):
+            second = (ordered[j] * _PAIR_B) & _M64
+            entry = (pos << _RANK_BITS) | min(j, _RANK_CAP)
+            out += [((a ^ second) >> _KEY_DROP, entry) for a in firsts[:j]]
+        return out
+
+    def _clear_fresh(self, count: int) -> None:
+        self.fresh = {}
+        self.fresh_to = count
 
     def rebuild(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
         """Re-rank by document frequency and index texts 0..count-1 again, in a few sorts."""
@@ -549,6 +596,7 @@ class _PrefixIndex:
         del inverse, distinct, df
         self.base = self._pairs(doc, elem, order_key, n_tok, 0)
         self.size = self.ranked_at = count
+        self._clear_fresh(count)
 
     def extend(self, codes: np.ndarray, lens: np.ndarray, count: int) -> None:
         """Index texts size..count-1 in the present order (no re-ranking)."""
@@ -561,6 +609,7 @@ class _PrefixIndex:
         )
         self.delta = self.delta.merged(self._pairs(doc, elem, order_key, n_tok, start))
         self.size = count
+        self._clear_fresh(count)
 
     def _pairs(
         self,
@@ -582,52 +631,130 @@ class _PrefixIndex:
         packed.sort()
         return _Run(packed)
 
-    def candidates(self, q: _Query, threshold: float, lens: np.ndarray) -> np.ndarray | None:
-        """Ascending positions of the indexed texts (those before ``size``) that may have
-        F1 > ``threshold`` (>= floor) with ``q``; every one that does is among them. None
-        when some passing length needs a single common token only (pairs cannot find those;
-        search whole postings)."""
+    def keys(self, q: _Query, tt: float) -> tuple[list[int], list[int]] | None:
+        """The pair keys ``q`` reads at the bound threshold ``tt`` and the rank in ``q`` of
+        each key's second element; None when some passing length needs a single common token
+        only (pairs cannot find those: search whole postings)."""
         m = q.m
-        tt = threshold - _SLACK
         lo, hi = _band(m, m, tt)
+        keys: list[int] = []
+        key_ranks: list[int] = []
         if m == 0 or lo > hi:
-            return _EMPTY_I64
+            return keys, key_ranks
         need, reach = _probe_limits(m, tt, lo, hi)
         if need[lo : hi + 1].min() < 2:
             return None
         ordered = self._order(q.elems)
         first = m - len(ordered)  # tokens unknown to the index come first (they match none)
-        keys: list[int] = []
-        key_ranks: list[int] = []
+        firsts = [(e * _PAIR_A) & _M64 for e in ordered]
         for b in range(1, len(ordered)):
             i = first + b  # the query rank of the pair's second element
             if reach[i - 1] < 0:  # no passing text can have its second common element here
                 break
             second = (ordered[b] * _PAIR_B) & _M64
-            for e in ordered[:b]:
-                keys.append((((e * _PAIR_A) & _M64) ^ second) >> _KEY_DROP)
-                key_ranks.append(i)
+            keys += [(a ^ second) >> _KEY_DROP for a in firsts[:b]]
+            key_ranks += [i] * b
+        return keys, key_ranks
+
+    def candidates(self, q: _Query, threshold: float, lens: np.ndarray) -> np.ndarray | None:
+        """Ascending positions of the indexed texts (those before ``fresh_to``) that may have
+        F1 > ``threshold`` (>= floor) with ``q``; every one that does is among them. None
+        when ``keys`` says None."""
+        return self.candidates_many([q], threshold, lens)[0]
+
+    def candidates_many(
+        self,
+        queries: Sequence[_Query],
+        threshold: float,
+        lens: np.ndarray,
+        query_keys: Sequence[tuple[list[int], list[int]] | None] | None = None,
+    ) -> list[np.ndarray | None]:
+        """``candidates`` of each query, looked up and judged together (a few numpy calls
+        for them all, where one query alone costs a dozen); ``query_keys``: their ``keys``,
+        if already made."""
+        tt = threshold - _SLACK
+        if query_keys is None:
+            query_keys = [self.keys(q, tt) for q in queries]
+        out: list[np.ndarray | None] = [None] * len(queries)
+        keys: list[int] = []
+        key_ranks: list[int] = []
+        owners: list[int] = []
+        for k, found in enumerate(query_keys):
+            if found is not None:
+                out[k] = _EMPTY_I64
+                keys += found[0]
+                key_ranks += found[1]
+                owners += [k] * len(found[0])
         if not keys:
-            return _EMPTY_I64
-        wanted = np.array(keys, dtype=np.uint64)
-        by_key = np.argsort(wanted)  # sorted needles: each search starts where the last ended
-        wanted = wanted[by_key]
-        wanted_ranks = np.array(key_ranks, dtype=np.int64)[by_key]
-        runs = [run for run in (self.base, self.delta) if run.packed.size]
-        found = [run.lookup(wanted, wanted_ranks) for run in runs]
-        if not found:
-            return _EMPTY_I64
+            return out
+        rows = np.arange(len(keys), dtype=np.int64)
+        found = [run.lookup(np.array(keys, dtype=np.uint64), rows) for run in self._runs()]
+        if self.fresh:
+            found.append(_dict_lookup(self.fresh, keys, range(len(keys))))
+        if not found:  # nothing indexed
+            return out
         pos = np.concatenate([f[0] for f in found])
-        if pos.size == 0:
-            return _EMPTY_I64
         jj = np.concatenate([f[1] for f in found])
-        ii = np.concatenate([f[2] for f in found])
-        n = lens[pos].astype(np.int64)
-        # At most min(m - 1 - i, n - 1 - j) common elements follow the second of the pair.
-        ub = 2 + np.minimum(m - 1 - ii, n - 1 - jj)
-        ok = (n >= lo) & (n <= hi) & (ub >= need[np.minimum(n, hi)])
-        pos = np.sort(pos[ok]).astype(np.int64)
-        return pos[np.concatenate(([True], pos[1:] != pos[:-1]))] if pos.size else pos
+        row = np.concatenate([f[2] for f in found])
+        qn = np.array(owners, dtype=np.int64)[row]
+        ii = np.array(key_ranks, dtype=np.int64)[row]
+        ms = np.fromiter((q.m for q in queries), dtype=np.int64, count=len(queries))
+        bands = np.array([_band(q.m, q.m, tt) for q in queries], dtype=np.int64).reshape(-1, 2)
+        keep = _pair_bound_passes(ms[qn], lens[pos].astype(np.int64), ii, jj, bands[qn], tt)
+        both = np.unique((qn[keep] << 32) | pos[keep])  # by query, then position; distinct
+        where = np.searchsorted(both >> 32, np.arange(len(queries) + 1))
+        both &= _POS_MASK
+        for k in range(len(queries)):
+            if out[k] is not None:
+                out[k] = both[where[k] : where[k + 1]]
+        return out
+
+    def _runs(self) -> list[_Run]:
+        return [run for run in (self.base, self.delta) if run.packed.size]
+
+
+def _dict_add(table: dict[int, int | list[int]], pairs: list[tuple[int, int]]) -> None:
+    """Add (key, entry) pairs to a dict of entries: one entry as itself, more as a list."""
+    for key, entry in pairs:
+        held = table.get(key)
+        if held is None:
+            table[key] = entry
+        elif isinstance(held, list):
+            held.append(entry)
+        else:
+            table[key] = [held, entry]
+
+
+def _dict_lookup(
+    table: dict[int, int | list[int]], keys: Sequence[int], tags: Iterable[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_Run.lookup`` on a dict of entries (``_PrefixIndex.fresh``)."""
+    entries: list[int] = []
+    found_tags: list[int] = []
+    for key, tag in zip(keys, tags, strict=True):
+        held = table.get(key)
+        if held is None:
+            continue
+        if isinstance(held, list):
+            entries += held
+            found_tags += [tag] * len(held)
+        else:
+            entries.append(held)
+            found_tags.append(tag)
+    if not entries:
+        return _EMPTY_I64, _EMPTY_I64, _EMPTY_I64
+    found = np.array(entries, dtype=np.int64)
+    return found >> _RANK_BITS, found & _RANK_CAP, np.array(found_tags, dtype=np.int64)
+
+
+def _pair_bound_passes(
+    m: np.ndarray, n: np.ndarray, ii: np.ndarray, jj: np.ndarray, band: np.ndarray, tt: float
+) -> np.ndarray:
+    """Which entries can still reach F1 > tt: an m-token query whose pair has its second
+    element at rank ii, an n-token text where it is at rank jj, ``band`` the query's passing
+    lengths (lo, hi). At most min(m - 1 - ii, n - 1 - jj) common elements follow that one."""
+    ub = 2 + np.minimum(m - 1 - ii, n - 1 - jj)
+    return (n >= band[:, 0]) & (n <= band[:, 1]) & (ub >= _need(m, n, tt))
 
 
 def _all_elements(codes: np.ndarray, n_tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -666,7 +793,7 @@ def _prefix_pairs(elem: np.ndarray, prefix: np.ndarray, start: int) -> np.ndarra
         docs = np.flatnonzero(prefix > j)
         at = starts[docs]
         second = elem[at + j]
-        rank = np.uint64(min(j, int(_RANK_FIELD)))
+        rank = np.uint64(min(j, _RANK_CAP))
         tail = ((docs + start).astype(np.uint64) << np.uint64(_RANK_BITS)) | rank
         for i in range(j):
             part = _pair_keys(elem[at + i], second) << _KEY_SHIFT
@@ -975,34 +1102,6 @@ class RougeLIndex:
         prefix.catch_up(self._codes, self._lens, n)
         return prefix
 
-    def _candidates(self, prefix: _PrefixIndex, q: _Query, threshold: float):
-        """Ascending positions that may have F1 > ``threshold`` with ``q`` (every one that
-        does): the prefix index's, then the newest texts' from whole postings; None where
-        the prefix index cannot serve ``q``."""
-        indexed = prefix.candidates(q, threshold, self._lens)
-        if indexed is None:
-            return None
-        return np.concatenate((indexed, self._newest_candidates(q, threshold, prefix.size)))
-
-    def _newest_candidates(self, q: _Query, threshold: float, start: int) -> np.ndarray:
-        """Positions >= ``start`` that may have F1 > ``threshold`` with ``q``, from the
-        postings of its rarest tokens (ascending; every one that does is among them)."""
-        plan = self._plan(q, threshold)
-        if plan is None or start >= len(self._texts):
-            return _EMPTY_I64
-        probe, rest = plan
-        sizes = self._post.sizes
-        views = [self._post.view(e) for e in probe if e in sizes]
-        # The needle in the postings' own dtype: a Python int would copy each to int64.
-        parts = [v[v.searchsorted(v.dtype.type(start)) :] for v in views]
-        if not parts:
-            return _EMPTY_I64
-        cands, hits = _run_counts(np.concatenate(parts))
-        lens = self._lens[cands]
-        ub = np.minimum(np.minimum(lens, q.m), hits + rest)
-        keep = 2.0 * ub > (threshold - _SLACK) * (q.m + lens)
-        return cands[keep].astype(np.int64)
-
     def _above(self, q: _Query, threshold: float, before: int | None = None, near: int = 0):
         """(positions, F1) of the texts with F1 > threshold >= 0 (positions ascending, only
         those < ``before`` if given), through the prefix index; None when it is not used.
@@ -1011,7 +1110,7 @@ class RougeLIndex:
         prefix = self._prefix_for(threshold)
         if prefix is None:
             return None
-        cands = self._candidates(prefix, q, threshold)
+        cands = prefix.candidates(q, threshold, self._lens)
         if cands is None:
             return None
         if before is not None:
@@ -1187,7 +1286,7 @@ class RougeLIndex:
         batch for the block. For a query too short for the pair index it gives only the
         best text above the threshold (all that ``greedy_dedup`` and ``exceeds_many`` use)."""
         lens_all = self._lens
-        found = [self._candidates(prefix, q, threshold) for q in queries]
+        found = prefix.candidates_many(queries, threshold, lens_all)
         for i, q in enumerate(queries):
             if found[i] is None:  # a short query: whole postings, its best text only
                 pos = self._probe(q, threshold, first_only=False)[1]
@@ -1346,6 +1445,12 @@ class RougeLIndex:
         match = None if pos < 0 else (pos, f1)
         return Probe(match, q.code, q.m, len(self._texts), near, near_f1)
 
+    def probe_many(self, candidates: Sequence[str], threshold: float) -> ProbeBatch:
+        """``probe`` for candidates decided in turn, those kept indexed with
+        ``ProbeBatch.keep`` before the next is probed: the same ``Probe`` each, at a fraction
+        of the cost in a large pool (see ``ProbeBatch``)."""
+        return ProbeBatch(self, candidates, threshold)
+
     def top_k(self, candidate: str, k: int = 10) -> list[tuple[int, float]]:
         """The ``k`` indexed texts most similar to ``candidate`` as ``(position, F1)``, best
         first, ties broken by lower position."""
@@ -1487,6 +1592,117 @@ class Probe:
     before: int
     near: np.ndarray
     near_f1: np.ndarray
+
+
+class ProbeBatch:
+    """``RougeLIndex.probe`` for many candidates decided in order, as step 1 decides the
+    answers of one request: ``probe(k)`` gives exactly the ``Probe`` that ``index.probe`` would
+    give for candidate k at that moment, and ``keep(k)`` indexes it.
+
+    Each candidate's search of the pair index as it stood when the batch began, and its LCS
+    with every text found there, is done for all the candidates at once: a handful of numpy
+    and rapidfuzz calls where one candidate alone costs a dozen. What was kept since is
+    searched at ``probe`` time in a small dict of those texts' pairs. A candidate the batch
+    cannot serve (too many texts to score them all, too short for pairs, a small pool, a
+    word it shares with a text kept since that was new to the index) is probed one at a
+    time; so is every candidate once the index has grown enough to be re-ranked, since that
+    changes which texts the pairs find. Texts must reach the index through ``keep`` while the
+    batch is in use.
+    """
+
+    def __init__(self, index: RougeLIndex, texts: Sequence[str], threshold: float) -> None:
+        _check_threshold(threshold)
+        self.index, self.texts, self.threshold = index, list(texts), threshold
+        self.start = self.added = len(index)
+        self.queries = [index._encode_tokens(index._split(t)) for t in self.texts]
+        self.found: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(self.texts)
+        self.keys: list[tuple[list[int], list[int]] | None] = [None] * len(self.texts)
+        self.since: dict[int, int | list[int]] = {}  # pairs of the texts kept since
+        self.valid_below = 0
+        self.prefix = index._prefix_for(threshold) if threshold >= 0 else None
+        if self.prefix is not None and self.texts:
+            self.valid_below = 2 * self.prefix.ranked_at  # where ``catch_up`` re-ranks
+            self._search_start()
+
+    def _search_start(self) -> None:
+        """Each candidate's candidates in the index as it is, with their F1. Words new to the
+        index match nothing there, whatever id they get."""
+        index, prefix, tt = self.index, self.prefix, self.threshold - _SLACK
+        queries = self.queries
+        served = range(len(queries))
+        keys = [prefix.keys(q, tt) for q in queries]
+        found = prefix.candidates_many(queries, self.threshold, index._lens, keys)
+        usable = [
+            (k, key, c)
+            for k, key, c in zip(served, keys, found, strict=True)
+            if c is not None and c.size <= _SHORTLIST_FROM
+        ]
+        if not usable:
+            return
+        counts = np.fromiter((c.size for _, _, c in usable), dtype=np.int64, count=len(usable))
+        qn = np.repeat(np.arange(len(usable), dtype=np.int64), counts)
+        pos = np.concatenate([c for _, _, c in usable])
+        used = [self.queries[k] for k, _, _ in usable]
+        ms = np.fromiter((q.m for q in used), dtype=np.int64, count=len(used))
+        lcs = _lcs_pairs(
+            _code_array(used)[qn], index._codes[pos], index._cdist_workers(4 * qn.size)
+        )
+        f1 = _f1_array(lcs, ms[qn], index._lens[pos])
+        ends = np.cumsum(counts)
+        for (k, key, c), end in zip(usable, ends.tolist(), strict=True):
+            self.found[k] = (c, f1[end - c.size : end])
+            self.keys[k] = key
+
+    def probe(self, k: int) -> Probe:
+        """Candidate k's ``Probe`` against the index as it is now."""
+        index, found = self.index, self.found[k]
+        if found is None or len(index) != self.added or self.added >= self.valid_below:
+            return index.probe(self.texts[k], self.threshold)
+        pos, f1 = found
+        q = self.queries[k]
+        if not q.complete:
+            # Encoded again: an unknown word's stand-in id may now belong to a kept text's word.
+            q = index._encode_tokens(index._split(self.texts[k]))
+            if q.elems != self.queries[k].elems:  # a word of it is no longer new
+                return index.probe(self.texts[k], self.threshold)
+        if self.since:
+            more = self._since_candidates(k)
+            if pos.size + more.size > _SHORTLIST_FROM:
+                return index.probe(self.texts[k], self.threshold)
+            if more.size:
+                more_f1 = _f1_array(index._lcs(q.code, more), q.m, index._lens[more])
+                pos, f1 = np.concatenate((pos, more)), np.concatenate((f1, more_f1))
+        match = None
+        if pos.size:
+            above = np.flatnonzero(f1 > self.threshold)
+            if above.size:
+                best = above[np.argmax(f1[above])]  # positions ascend: ties to the lowest
+                match = (int(pos[best]), float(f1[best]))
+        else:
+            pos, f1 = _EMPTY_I64, _EMPTY_F64
+        return Probe(match, q.code, q.m, len(index), pos, f1)
+
+    def _since_candidates(self, k: int) -> np.ndarray:
+        """``_PrefixIndex.candidates`` of candidate k among the texts kept since the start."""
+        q, (keys, ranks) = self.queries[k], self.keys[k]  # q.m and the keys stay as they were
+        pos, jj, ii = _dict_lookup(self.since, keys, ranks)
+        if pos.size == 0:
+            return _EMPTY_I64
+        tt = self.threshold - _SLACK
+        band = np.array([_band(q.m, q.m, tt)], dtype=np.int64)
+        n = self.index._lens[pos].astype(np.int64)
+        return np.unique(pos[_pair_bound_passes(q.m, n, ii, jj, band, tt)])
+
+    def keep(self, k: int) -> int:
+        """Index candidate k (kept); its position."""
+        index, q = self.index, self.queries[k]
+        pos = index._add_encoded(self.texts[k], q) if q.complete else index.add(self.texts[k])
+        self.added += 1
+        if self.prefix is not None and self.added < self.valid_below:
+            pairs = self.prefix.pairs_of(pos, index._codes[pos], int(index._lens[pos]))
+            _dict_add(self.since, pairs)
+            self.prefix.add_fresh(pos, pairs)  # spares ``catch_up`` the same work
+        return pos
 
 
 # Where ``figures`` switches from exact figures to cheap ones, and the sample size.

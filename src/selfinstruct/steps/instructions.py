@@ -50,7 +50,7 @@ from selfinstruct.progress import Bar
 from selfinstruct.prompts import bootstrap_prompt
 from selfinstruct.records import MachineInstruction, RejectedInstruction, SeedTask
 from selfinstruct.runfolder import RunFolder
-from selfinstruct.similarity import Probe, RougeLIndex
+from selfinstruct.similarity import Probe, ProbeBatch, RougeLIndex
 from selfinstruct.steps import StepContext, StepReport, response_metadata
 from selfinstruct.steps.ordered import AnswerLog, InOrder, Outcome
 from selfinstruct.steps.parsing import capitalize_first, split_numbered_list
@@ -320,8 +320,12 @@ class _Bootstrap:
                 self._reject(None, f"request_failed_{outcome}", request)
         else:
             pool_before = len(self.machine)
-            for prompt, completion in zip(prompts, outcome, strict=True):
-                self._take_answer(prompt, completion, request)
+            items = [
+                item
+                for prompt, completion in zip(prompts, outcome, strict=True)
+                for item in self._candidates(prompt, completion)
+            ]
+            self._decide_all(items, request)
             self.stalled = 0 if len(self.machine) > pool_before else self.stalled + 1
         self.writer.put(request, (self.accepted, self.rejected))
         self.accepted, self.rejected = [], []
@@ -353,18 +357,18 @@ class _Bootstrap:
         self.bar.advance(len(accepted))
         return True
 
-    def _take_answer(self, prompt: str, completion: Completion, key: int) -> None:
+    def _candidates(self, prompt: str, completion: Completion) -> list[_Candidate]:
+        """The answer's candidates, in order, with the reason to reject each that does not
+        depend on the pool."""
         s = self.s
-        candidates = split_numbered_list(
-            completion.text, first_number=s.num_prompt_instructions + 1
-        )
+        raws = split_numbered_list(completion.text, first_number=s.num_prompt_instructions + 1)
         if completion.finish_reason == "length":
             # The paper drops the whole answer: its last item is cut, the rest suspect.
-            for raw in candidates or [None]:
-                self._reject(None if raw is None else _normalise(raw, s), "cut_by_length", key)
-            return
-        if not candidates:
-            self._reject(None, "empty_answer", key)
+            return [
+                _Candidate(None if raw is None else _normalise(raw, s), "cut_by_length", None)
+                for raw in raws or [None]
+            ]
+        out = [] if raws else [_Candidate(None, "empty_answer", None)]
         usage = {
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
@@ -372,21 +376,38 @@ class _Bootstrap:
         metadata = response_metadata(
             self.ctx.model, prompt, completion.text, completion.finish_reason, usage
         )
-        for raw in candidates:
-            self._decide(_normalise(raw, s), metadata, key)
+        for raw in raws:
+            text = _normalise(raw, s)
+            out.append(_Candidate(text, rejection_reason(text, s.language), metadata))
+        return out
 
-    def _decide(self, candidate: str, metadata: dict, key: int) -> None:
-        """Keep the candidate, or reject it with the first reason that applies."""
-        if len(self.machine) >= self.s.num_instructions:
-            return self._reject(candidate, "surplus", key)
-        reason = rejection_reason(candidate, self.s.language)
-        if reason is not None:
-            return self._reject(candidate, reason, key)
-        # The best match costs about what the plain threshold test costs.
-        probe = self.index.probe(candidate, self.s.similarity_threshold)
+    def _decide_all(self, items: list[_Candidate], key: int) -> None:
+        """Keep each candidate or reject it with the first reason that applies, in order; the
+        similarity search for them all in one batch (the same decisions as one by one)."""
+        s = self.s
+        to_probe = [c.text for c in items if c.metadata is not None and c.reason is None]
+        batch = self.index.probe_many(to_probe, s.similarity_threshold)
+        slot = 0
+        for c in items:
+            if c.metadata is None:  # the answer itself failed
+                self._reject(c.text, c.reason, key)
+                continue
+            if c.reason is None:
+                slot += 1
+            if len(self.machine) >= s.num_instructions:
+                self._reject(c.text, "surplus", key)
+            elif c.reason is not None:
+                self._reject(c.text, c.reason, key)
+            else:
+                self._decide(batch, slot - 1, c.metadata, key)
+
+    def _decide(self, batch: ProbeBatch, slot: int, metadata: dict, key: int) -> None:
+        """Keep candidate ``slot`` of the batch, or reject it as too similar."""
+        probe = batch.probe(slot)
+        candidate = batch.texts[slot]
         if probe.match is not None:
             return self._reject(candidate, "too_similar", key, probe.match)
-        self.index.add(candidate)
+        batch.keep(slot)
         self.accepted.append((candidate, probe, metadata, key, self.next_candidate))
         self.next_candidate += 1
         self.machine.append(candidate)
@@ -432,6 +453,17 @@ class _Bootstrap:
                 f"instructions: the last {self.stalled} answers added nothing new to the pool;"
                 " stopped (try another model, a higher temperature or more varied seed tasks)"
             )
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """One item of an answer: its text, a reason to reject it known before the pool is asked
+    (the filters', or the answer's own), and the answer's metadata (None when the answer
+    failed as a whole)."""
+
+    text: str | None
+    reason: str | None
+    metadata: dict | None
 
 
 @dataclass(slots=True)
