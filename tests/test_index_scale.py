@@ -342,3 +342,17 @@ def test_many_texts_added_at_once_index_as_one_by_one(monkeypatch, texts, split)
     for cand in texts + ["a b c", "w1 w2 w3 w4"]:
         assert one_by_one.best_above(cand, 0.5) == at_once.best_above(cand, 0.5)
         assert one_by_one.top_k(cand, 3) == at_once.top_k(cand, 3)
+
+
+def test_a_vocabulary_past_the_surrogate_code_points(monkeypatch):
+    """Token ids are code points; ids 0xD800-0xDFFF (a vocabulary past 55,296 words) are
+    surrogates, which a str holds but UTF-32 may not carry: building in bulk, re-ranking and
+    probing still work, and decide as all pairs."""
+    monkeypatch.setattr(similarity, "_PREFIX_MIN_TEXTS", 0)
+    texts = [" ".join(f"w{10 * i + j}" for j in range(10)) for i in range(6000)]
+    index = RougeLIndex(texts)  # in bulk: ids up to 59,999
+    assert any(0xD800 <= ord(ch) <= 0xDFFF for ch in index._codes[5600])
+    near = " ".join(f"w{56000 + j}" for j in range(9))  # nine of text 5600's ten words
+    assert index.best_above(near, 0.7) == (5600, rouge_l(texts[5600], near).fmeasure)
+    index.add(near + " fresh")
+    assert index.best_above(near + " fresh", 0.7) == (6000, 1.0)

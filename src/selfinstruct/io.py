@@ -41,6 +41,15 @@ def iter_jsonl(
     A last line without its newline is a torn write: it is skipped (and cut from the file when
     `repair` is true), and `warn` is told. A malformed complete line raises DataFileError.
     """
+    for number, line in iter_jsonl_lines(path, repair=repair, warn=warn):
+        yield parse_jsonl_line(path, number, line)
+
+
+def iter_jsonl_lines(
+    path: str | Path, *, repair: bool = False, warn: Warn | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """``iter_jsonl``'s lines unparsed, stripped, with their line numbers (blank lines and a
+    torn last line left out), for a reader that needs only part of each."""
     path = Path(path)
     if not path.exists():
         return
@@ -59,15 +68,19 @@ def iter_jsonl(
                 break
             consumed += len(raw)
             line = raw.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise DataFileError(f"{path}:{number}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise DataFileError(f"{path}:{number}: expected a JSON object")
-            yield obj
+            if line:
+                yield number, line
+
+
+def parse_jsonl_line(path: str | Path, number: int, line: bytes) -> dict[str, Any]:
+    """One line of a JSONL file as its JSON object; DataFileError naming the line if not."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFileError(f"{path}:{number}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataFileError(f"{path}:{number}: expected a JSON object")
+    return obj
 
 
 def read_jsonl(

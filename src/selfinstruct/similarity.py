@@ -621,7 +621,7 @@ class _PrefixIndex:
     ) -> _Run:
         """The run of texts (``doc`` counted from ``start``) with these elements, each
         element placed in the global order by ``order_key``."""
-        by_rank = np.lexsort((order_key, doc))
+        by_rank = _order_within_texts(doc, order_key)
         doc, elem = doc[by_rank], elem[by_rank]
         j = np.arange(doc.size, dtype=np.int64) - (np.cumsum(n_tok) - n_tok)[doc]
         top = int(n_tok.max(initial=0))
@@ -765,13 +765,14 @@ def _all_elements(codes: np.ndarray, n_tok: np.ndarray) -> tuple[np.ndarray, np.
     if any(not isinstance(c, str) for c in parts):  # ids beyond code points: rare
         ids = np.fromiter((t for c in parts for t in _ids_of(c)), dtype=np.int64)
     else:
-        ids = np.frombuffer("".join(parts).encode("utf-32-le"), dtype=np.uint32)
+        joined = "".join(parts).encode("utf-32-le", errors="surrogatepass")  # see _encode_many
+        ids = np.frombuffer(joined, dtype=np.uint32)
     ids = ids.astype(np.int64)
     total = ids.size
     doc = np.repeat(np.arange(count, dtype=np.int64), n_tok)
     step = np.arange(total, dtype=np.int64)
     # The k-th occurrence of a token in its text is the element id | k << _OCC_SHIFT.
-    order = np.lexsort((ids, doc))
+    order = _order_within_texts(doc, ids)
     sd, si = doc[order], ids[order]
     fresh = np.ones(total, dtype=bool)
     fresh[1:] = (sd[1:] != sd[:-1]) | (si[1:] != si[:-1])
@@ -779,6 +780,14 @@ def _all_elements(codes: np.ndarray, n_tok: np.ndarray) -> tuple[np.ndarray, np.
     elem = np.empty(total, dtype=np.int64)
     elem[order] = si | (occurrence << _OCC_SHIFT)
     return doc, elem
+
+
+def _order_within_texts(doc: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """``np.lexsort((key, doc))`` (stable) for ascending ``doc``: one stable sort of
+    ``doc << 32 | key``, ten times faster, ``key`` first made dense where it does not fit."""
+    if key.size and (key.min() < 0 or key.max() >= 1 << 32):
+        key = np.unique(key, return_inverse=True)[1].reshape(-1)
+    return np.argsort((doc.astype(np.int64) << 32) | key.astype(np.int64), kind="stable")
 
 
 def _prefix_pairs(elem: np.ndarray, prefix: np.ndarray, start: int) -> np.ndarray:
@@ -1016,22 +1025,41 @@ class RougeLIndex:
             for text in texts:
                 self.add(text)
             return
-        vocab = self._vocab
-        ids = [[vocab.setdefault(t, len(vocab)) for t in self._split(text)] for text in texts]
+        codes, n_tok = self._encode_many([self._split(text) for text in texts])
         start, stop = len(self._texts), len(self._texts) + len(texts)
         self._texts.extend(texts)
         if stop > self._lens.shape[0]:
             self._lens = _grown(self._lens, stop)
             self._codes = _grown(self._codes, stop)
-        for pos, one in enumerate(ids, start=start):  # one by one: a code may be a list
-            self._codes[pos] = _as_code(one)
-        n_tok = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        self._codes[start:stop] = codes
         self._lens[start:stop] = n_tok
         self._max_len = max(self._max_len, int(n_tok.max()))
         doc, elem = _all_elements(self._codes[start:stop], n_tok)
         self._post.extend(elem, doc + start)
         self._signatures.extend(doc, elem, len(texts))
         self._cache_key = None
+
+    def _encode_many(self, tokens: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """The codes (an object array) and token counts of many token lists, new tokens
+        given ids in order of first appearance, as ``add`` one by one gives them."""
+        vocab = self._vocab
+        flat = [t for one in tokens for t in one]
+        for tok in dict.fromkeys(flat):
+            if tok not in vocab:
+                vocab[tok] = len(vocab)
+        n_tok = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+        codes = np.empty(len(tokens), dtype=object)
+        if len(vocab) > _CODE_LIMIT:  # some ids are no code points: lists, one by one
+            for i, one in enumerate(tokens):
+                codes[i] = _as_code([vocab[t] for t in one])
+            return codes, n_tok
+        ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.uint32, count=len(flat))
+        # All codes as one string, cut per text ("surrogatepass": ids 0xD800-0xDFFF are code
+        # points a str holds, as chr() makes them, though UTF-32 text may not carry them).
+        joined = ids.tobytes().decode("utf-32-le", errors="surrogatepass")
+        ends = np.cumsum(n_tok).tolist()
+        codes[:] = [joined[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        return codes, n_tok
 
     # ---- internals of queries ----------------------------------------------------------
 
