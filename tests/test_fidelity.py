@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from selfinstruct.engine import EngineSettings
 from selfinstruct.filters import BANNED_WORDS, rejection_reason
@@ -269,6 +271,21 @@ def test_write_a_program_filter_ignores_case(text):
 def test_banned_words_ignore_case():
     for text in ("DRAW a map of the town", "Describe this Image in words", "Please GO TO the shop"):
         assert rejection_reason(text) == "banned_word"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([*BANNED_WORDS, "mAp", "Drawing", "go  to", "goto", "a", "ıMAGE", "ſ"])
+        | st.text(alphabet="abgimpoltfrKkIi _-.", max_size=8),
+        max_size=6,
+    ).map("".join)
+)
+def test_the_banned_word_filter_is_the_papers_regex(text):
+    """Its quick test of ASCII texts never changes the paper's whole-word, any-case match."""
+    from selfinstruct.filters import _BANNED_RE, banned_word
+
+    assert (banned_word(text) is not None) == (_BANNED_RE.search(text) is not None)
 
 
 def test_first_letter_checks_agree_with_either_capitalization():

@@ -631,35 +631,37 @@ class _PrefixIndex:
         packed.sort()
         return _Run(packed)
 
-    def keys(self, q: _Query, tt: float) -> tuple[list[int], list[int]] | None:
-        """The pair keys ``q`` reads at the bound threshold ``tt`` and the rank in ``q`` of
-        each key's second element; None when some passing length needs a single common token
-        only (pairs cannot find those: search whole postings)."""
-        m = q.m
-        lo, hi = _band(m, m, tt)
-        keys: list[int] = []
-        key_ranks: list[int] = []
-        if m == 0 or lo > hi:
-            return keys, key_ranks
-        need, reach = _probe_limits(m, tt, lo, hi)
-        if need[lo : hi + 1].min() < 2:
-            return None
-        ordered = self._order(q.elems)
-        first = m - len(ordered)  # tokens unknown to the index come first (they match none)
-        firsts = [(e * _PAIR_A) & _M64 for e in ordered]
-        for b in range(1, len(ordered)):
-            i = first + b  # the query rank of the pair's second element
-            if reach[i - 1] < 0:  # no passing text can have its second common element here
-                break
-            second = (ordered[b] * _PAIR_B) & _M64
-            keys += [(a ^ second) >> _KEY_DROP for a in firsts[:b]]
-            key_ranks += [i] * b
-        return keys, key_ranks
+    def keys(self, queries: Sequence[_Query], tt: float) -> _Keys:
+        """The pair keys the queries read at the bound threshold ``tt``: the pairs of each
+        query's first elements in the global order, as far as a passing text can have its
+        second common element there; made with numpy for all the queries at once."""
+        spans: list[tuple[int, int, int, int]] = []  # query, offset in ``flat``, elements, first
+        flat: list[int] = []
+        served = [False] * len(queries)
+        for k, q in enumerate(queries):
+            m = q.m
+            lo, hi = _band(m, m, tt)
+            if m == 0 or lo > hi:
+                served[k] = True  # no text can pass: no keys
+                continue
+            need, reach = _probe_limits(m, tt, lo, hi)
+            if need[lo : hi + 1].min() < 2:
+                continue  # some passing length needs a single common token: not served
+            served[k] = True
+            ordered = self._order(q.elems)
+            first = m - len(ordered)  # tokens unknown to the index come first (they match none)
+            b = 1  # the elements used: those up to the last rank a second common one can have
+            while b < len(ordered) and reach[first + b - 1] >= 0:
+                b += 1
+            spans.append((k, len(flat), b, first))
+            flat += ordered[:b]
+        return _Keys.of(len(queries), served, spans, flat)
 
     def candidates(self, q: _Query, threshold: float, lens: np.ndarray) -> np.ndarray | None:
         """Ascending positions of the indexed texts (those before ``fresh_to``) that may have
         F1 > ``threshold`` (>= floor) with ``q``; every one that does is among them. None
-        when ``keys`` says None."""
+        when some passing length needs a single common token only (pairs cannot find those:
+        search whole postings)."""
         return self.candidates_many([q], threshold, lens)[0]
 
     def candidates_many(
@@ -667,37 +669,28 @@ class _PrefixIndex:
         queries: Sequence[_Query],
         threshold: float,
         lens: np.ndarray,
-        query_keys: Sequence[tuple[list[int], list[int]] | None] | None = None,
+        keys: _Keys | None = None,
     ) -> list[np.ndarray | None]:
         """``candidates`` of each query, looked up and judged together (a few numpy calls
-        for them all, where one query alone costs a dozen); ``query_keys``: their ``keys``,
-        if already made."""
+        for them all, where one query alone costs a dozen); ``keys``: their ``keys``, if
+        already made."""
         tt = threshold - _SLACK
-        if query_keys is None:
-            query_keys = [self.keys(q, tt) for q in queries]
-        out: list[np.ndarray | None] = [None] * len(queries)
-        keys: list[int] = []
-        key_ranks: list[int] = []
-        owners: list[int] = []
-        for k, found in enumerate(query_keys):
-            if found is not None:
-                out[k] = _EMPTY_I64
-                keys += found[0]
-                key_ranks += found[1]
-                owners += [k] * len(found[0])
-        if not keys:
+        if keys is None:
+            keys = self.keys(queries, tt)
+        out: list[np.ndarray | None] = [_EMPTY_I64 if served else None for served in keys.served]
+        if keys.keys.size == 0:
             return out
-        rows = np.arange(len(keys), dtype=np.int64)
-        found = [run.lookup(np.array(keys, dtype=np.uint64), rows) for run in self._runs()]
+        rows = np.arange(keys.keys.size, dtype=np.int64)
+        found = [run.lookup(keys.keys, rows) for run in self._runs()]
         if self.fresh:
-            found.append(_dict_lookup(self.fresh, keys, range(len(keys))))
+            found.append(_dict_lookup(self.fresh, keys.keys.tolist(), range(rows.size)))
         if not found:  # nothing indexed
             return out
         pos = np.concatenate([f[0] for f in found])
         jj = np.concatenate([f[1] for f in found])
         row = np.concatenate([f[2] for f in found])
-        qn = np.array(owners, dtype=np.int64)[row]
-        ii = np.array(key_ranks, dtype=np.int64)[row]
+        qn = keys.owner[row]
+        ii = keys.ranks[row]
         ms = np.fromiter((q.m for q in queries), dtype=np.int64, count=len(queries))
         bands = np.array([_band(q.m, q.m, tt) for q in queries], dtype=np.int64).reshape(-1, 2)
         keep = _pair_bound_passes(ms[qn], lens[pos].astype(np.int64), ii, jj, bands[qn], tt)
@@ -711,6 +704,68 @@ class _PrefixIndex:
 
     def _runs(self) -> list[_Run]:
         return [run for run in (self.base, self.delta) if run.packed.size]
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The pair keys some queries read (``_PrefixIndex.keys``): for each key, the query
+    reading it (``owner``) and the rank in that query of the pair's second element; each
+    query's keys are one slice (``bounds[k]:bounds[k + 1]``). ``served[k]`` is False for a
+    query the pairs cannot serve."""
+
+    keys: np.ndarray  # uint64
+    ranks: np.ndarray
+    owner: np.ndarray
+    bounds: np.ndarray
+    served: list[bool]
+
+    @classmethod
+    def of(
+        cls, n_queries: int, served: list[bool], spans: list[tuple[int, int, int, int]], flat
+    ) -> _Keys:
+        """From each query's used elements (``flat[offset : offset + b]``): every pair
+        (a, c), a < c < b, the key of (element a, element c), rank ``first + c``."""
+        spec = np.array(spans, dtype=np.int64).reshape(-1, 4)
+        query, offset, used, first = spec.T
+        n_pairs = used * (used - 1) // 2
+        total = int(n_pairs.sum())
+        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
+        a, c = _triangle(int(used.max(initial=0)))
+        a, c = a[within], c[within]
+        at = np.repeat(offset, n_pairs)
+        elems = np.array(flat, dtype=np.uint64)
+        counts = np.zeros(n_queries, dtype=np.int64)
+        counts[query] = n_pairs
+        bounds = np.concatenate(([0], np.cumsum(counts)))
+        return cls(
+            keys=_pair_keys(elems[at + a], elems[at + c]),
+            ranks=np.repeat(first, n_pairs) + c,
+            owner=np.repeat(query, n_pairs),
+            bounds=bounds,
+            served=served,
+        )
+
+    def of_query(self, k: int) -> tuple[list[int], np.ndarray]:
+        """Query k's keys (as Python ints, for dict look-ups) and ranks."""
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        return self.keys[lo:hi].tolist(), self.ranks[lo:hi]
+
+
+_triangles: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _triangle(b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, c) of every pair a < c < b, by c then a: the first c(c-1)/2 are those under c,
+    so one table serves every smaller b."""
+    size = 1 << max(b - 1, 0).bit_length()
+    table = _triangles.get(size)
+    if table is None:
+        c = np.repeat(np.arange(size, dtype=np.int64), np.arange(size, dtype=np.int64))
+        a = np.arange(c.size, dtype=np.int64) - np.repeat(
+            np.cumsum(np.arange(size)) - np.arange(size), np.arange(size)
+        )
+        table = _triangles[size] = (a, c)
+    return table
 
 
 def _dict_add(table: dict[int, int | list[int]], pairs: list[tuple[int, int]]) -> None:
@@ -1644,7 +1699,7 @@ class ProbeBatch:
         self.start = self.added = len(index)
         self.queries = [index._encode_tokens(index._split(t)) for t in self.texts]
         self.found: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(self.texts)
-        self.keys: list[tuple[list[int], list[int]] | None] = [None] * len(self.texts)
+        self.keys: _Keys | None = None
         self.since: dict[int, int | list[int]] = {}  # pairs of the texts kept since
         self.valid_below = 0
         self.prefix = index._prefix_for(threshold) if threshold >= 0 else None
@@ -1655,31 +1710,27 @@ class ProbeBatch:
     def _search_start(self) -> None:
         """Each candidate's candidates in the index as it is, with their F1. Words new to the
         index match nothing there, whatever id they get."""
-        index, prefix, tt = self.index, self.prefix, self.threshold - _SLACK
+        index, prefix = self.index, self.prefix
         queries = self.queries
-        served = range(len(queries))
-        keys = [prefix.keys(q, tt) for q in queries]
-        found = prefix.candidates_many(queries, self.threshold, index._lens, keys)
+        self.keys = prefix.keys(queries, self.threshold - _SLACK)
+        found = prefix.candidates_many(queries, self.threshold, index._lens, self.keys)
         usable = [
-            (k, key, c)
-            for k, key, c in zip(served, keys, found, strict=True)
-            if c is not None and c.size <= _SHORTLIST_FROM
+            (k, c) for k, c in enumerate(found) if c is not None and c.size <= _SHORTLIST_FROM
         ]
         if not usable:
             return
-        counts = np.fromiter((c.size for _, _, c in usable), dtype=np.int64, count=len(usable))
+        counts = np.fromiter((c.size for _, c in usable), dtype=np.int64, count=len(usable))
         qn = np.repeat(np.arange(len(usable), dtype=np.int64), counts)
-        pos = np.concatenate([c for _, _, c in usable])
-        used = [self.queries[k] for k, _, _ in usable]
+        pos = np.concatenate([c for _, c in usable])
+        used = [self.queries[k] for k, _ in usable]
         ms = np.fromiter((q.m for q in used), dtype=np.int64, count=len(used))
         lcs = _lcs_pairs(
             _code_array(used)[qn], index._codes[pos], index._cdist_workers(4 * qn.size)
         )
         f1 = _f1_array(lcs, ms[qn], index._lens[pos])
         ends = np.cumsum(counts)
-        for (k, key, c), end in zip(usable, ends.tolist(), strict=True):
+        for (k, c), end in zip(usable, ends.tolist(), strict=True):
             self.found[k] = (c, f1[end - c.size : end])
-            self.keys[k] = key
 
     def probe(self, k: int) -> Probe:
         """Candidate k's ``Probe`` against the index as it is now."""
@@ -1712,8 +1763,9 @@ class ProbeBatch:
 
     def _since_candidates(self, k: int) -> np.ndarray:
         """``_PrefixIndex.candidates`` of candidate k among the texts kept since the start."""
-        q, (keys, ranks) = self.queries[k], self.keys[k]  # q.m and the keys stay as they were
-        pos, jj, ii = _dict_lookup(self.since, keys, ranks)
+        q = self.queries[k]  # its length and keys stay as they were
+        keys, ranks = self.keys.of_query(k)
+        pos, jj, ii = _dict_lookup(self.since, keys, ranks.tolist())
         if pos.size == 0:
             return _EMPTY_I64
         tt = self.threshold - _SLACK
