@@ -638,9 +638,10 @@ class _PrefixIndex:
         spans: list[tuple[int, int, int, int]] = []  # query, offset in ``flat``, elements, first
         flat: list[int] = []
         served = [False] * len(queries)
+        bands = [_band(q.m, q.m, tt) for q in queries]
         for k, q in enumerate(queries):
             m = q.m
-            lo, hi = _band(m, m, tt)
+            lo, hi = bands[k]
             if m == 0 or lo > hi:
                 served[k] = True  # no text can pass: no keys
                 continue
@@ -655,7 +656,7 @@ class _PrefixIndex:
                 b += 1
             spans.append((k, len(flat), b, first))
             flat += ordered[:b]
-        return _Keys.of(len(queries), served, spans, flat)
+        return _Keys.of(served, bands, spans, flat)
 
     def candidates(self, q: _Query, threshold: float, lens: np.ndarray) -> np.ndarray | None:
         """Ascending positions of the indexed texts (those before ``fresh_to``) that may have
@@ -692,8 +693,7 @@ class _PrefixIndex:
         qn = keys.owner[row]
         ii = keys.ranks[row]
         ms = np.fromiter((q.m for q in queries), dtype=np.int64, count=len(queries))
-        bands = np.array([_band(q.m, q.m, tt) for q in queries], dtype=np.int64).reshape(-1, 2)
-        keep = _pair_bound_passes(ms[qn], lens[pos].astype(np.int64), ii, jj, bands[qn], tt)
+        keep = _pair_bound_passes(ms[qn], lens[pos].astype(np.int64), ii, jj, keys.bands[qn], tt)
         both = np.unique((qn[keep] << 32) | pos[keep])  # by query, then position; distinct
         where = np.searchsorted(both >> 32, np.arange(len(queries) + 1))
         both &= _POS_MASK
@@ -711,17 +711,22 @@ class _Keys:
     """The pair keys some queries read (``_PrefixIndex.keys``): for each key, the query
     reading it (``owner``) and the rank in that query of the pair's second element; each
     query's keys are one slice (``bounds[k]:bounds[k + 1]``). ``served[k]`` is False for a
-    query the pairs cannot serve."""
+    query the pairs cannot serve; ``bands[k]`` its passing lengths (lo, hi)."""
 
     keys: np.ndarray  # uint64
     ranks: np.ndarray
     owner: np.ndarray
     bounds: np.ndarray
     served: list[bool]
+    bands: np.ndarray
 
     @classmethod
     def of(
-        cls, n_queries: int, served: list[bool], spans: list[tuple[int, int, int, int]], flat
+        cls,
+        served: list[bool],
+        bands: list[tuple[int, int]],
+        spans: list[tuple[int, int, int, int]],
+        flat: list[int],
     ) -> _Keys:
         """From each query's used elements (``flat[offset : offset + b]``): every pair
         (a, c), a < c < b, the key of (element a, element c), rank ``first + c``."""
@@ -734,7 +739,7 @@ class _Keys:
         a, c = a[within], c[within]
         at = np.repeat(offset, n_pairs)
         elems = np.array(flat, dtype=np.uint64)
-        counts = np.zeros(n_queries, dtype=np.int64)
+        counts = np.zeros(len(served), dtype=np.int64)
         counts[query] = n_pairs
         bounds = np.concatenate(([0], np.cumsum(counts)))
         return cls(
@@ -743,6 +748,7 @@ class _Keys:
             owner=np.repeat(query, n_pairs),
             bounds=bounds,
             served=served,
+            bands=np.array(bands, dtype=np.int64).reshape(-1, 2),
         )
 
     def of_query(self, k: int) -> tuple[list[int], np.ndarray]:
@@ -1768,10 +1774,10 @@ class ProbeBatch:
         pos, jj, ii = _dict_lookup(self.since, keys, ranks.tolist())
         if pos.size == 0:
             return _EMPTY_I64
-        tt = self.threshold - _SLACK
-        band = np.array([_band(q.m, q.m, tt)], dtype=np.int64)
+        band = self.keys.bands[k : k + 1]
         n = self.index._lens[pos].astype(np.int64)
-        return np.unique(pos[_pair_bound_passes(q.m, n, ii, jj, band, tt)])
+        passes = _pair_bound_passes(q.m, n, ii, jj, band, self.threshold - _SLACK)
+        return np.unique(pos[passes])
 
     def keep(self, k: int) -> int:
         """Index candidate k (kept); its position."""
